@@ -1,0 +1,1 @@
+"""LightningDataModules and shard readers/writers (installed as ``slowfast_vgen.datamodules``)."""

@@ -1,0 +1,118 @@
+"""The batch contract between datamodules and Lightning systems, and the mixed-length collate.
+
+Every datamodule yields samples (dicts) with:
+
+* ``video``: float tensor ``(T, C, H, W)`` in [0, 1]: ``n_context`` clean past frames, then the frames to
+  generate (``T = f_p + f_g``, at most the context window, 32 in the paper);
+* ``action``: the free-text action that drives the generated frames (e.g. ``"go left"``);
+* ``n_context``: int, f_p >= 1 (= 1 for first-frame-only domains, paper Sec. 3.1.2 "Robot");
+* ``seed``: int, unique per sample of the dataset; systems derive the sample's diffusion noise from it
+  (mixed with the epoch), so training is reproducible across restarts and process counts;
+* optionally ``latents``: ``(C, F, h, w)`` precomputed by the frozen autoencoder (latent cache).
+
+:class:`MixedLengthCollate` batches them: ``video`` -> ``(B, T, C, H, W)``, ``n_context`` and ``seed`` ->
+``(B,)`` long tensors, ``action`` -> list of B strings, after cropping every sample of the batch to one
+length drawn in ``[min_frames, max_frames]`` (paper App. C.1: mixed lengths inside a 32-frame window).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from slowfast_vgen.errors import UserInputError
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit integer that depends only on ``parts`` (not on Python's per-process hash salt)."""
+    h1 = zlib.crc32(repr(parts).encode())
+    h2 = zlib.adler32(repr(parts[::-1]).encode())
+    return ((h1 << 31) ^ h2) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class MixedLengthCollate:
+    """Stack samples after cropping the batch to a common length in ``[min_frames, max_frames]``.
+
+    The length is a function of the batch's sample seeds, so it is reproducible. Cropping removes frames
+    from the end (generated frames); ``n_context`` is clipped so that at least one frame is generated.
+    """
+
+    def __init__(self, min_frames: int | None = None, max_frames: int | None = None) -> None:
+        if min_frames is not None and max_frames is not None and min_frames > max_frames:
+            raise UserInputError(f"min_frames ({min_frames}) must be <= max_frames ({max_frames})")
+        if min_frames is not None and min_frames < 2:
+            raise UserInputError(f"min_frames must be >= 2 (one context + one generated frame), got {min_frames}")
+        self.min_frames, self.max_frames = min_frames, max_frames
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise UserInputError("MixedLengthCollate: empty batch")
+        shortest = min(s["video"].shape[0] for s in samples)
+        hi = min(shortest, self.max_frames or shortest)
+        lo = min(hi, self.min_frames or hi)
+        length = lo + stable_seed(*[int(s["seed"]) for s in samples]) % (hi - lo + 1)
+        batch: dict[str, Any] = {
+            "video": torch.stack([s["video"][:length] for s in samples]),  # (B, T, C, H, W)
+            "n_context": torch.tensor([min(int(s["n_context"]), length - 1) for s in samples]),  # (B,)
+            "seed": torch.tensor([int(s["seed"]) for s in samples], dtype=torch.long),  # (B,)
+            "action": [str(s["action"]) for s in samples],
+        }
+        if all("latents" in s for s in samples):
+            batch["latents"] = torch.stack([s["latents"][:, :length] for s in samples])  # (B, C, F, h, w)
+        for key in samples[0]:
+            if key not in batch and key != "latents":
+                batch[key] = [s[key] for s in samples]  # extra metadata (domain, episode, ...) as lists
+        return batch
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` (shuffled per epoch from ``seed``) that can start an epoch part-way through.
+
+    Being a ``DistributedSampler``, Lightning leaves it in place under DDP instead of wrapping it; the
+    rank split is the usual one, so each sample of an epoch is seen once across ranks.
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=None if distributed else 1,
+            rank=None if distributed else 0,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self.start = 0  # samples of this rank to skip at the start of the current epoch (set on resume)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[self.start :]
+        self.start = 0
+        return iter(indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in Lightning checkpoints (exact resume).
+
+    Lightning saves ``state_dict()`` of stateful loaders with the fit loop and calls ``load_state_dict``
+    when it resumes; the next epoch iteration then skips the batches that were already trained on.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, shuffle, seed), **kwargs)
+        self._batches = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._batches = self.sampler.start // self.batch_size
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.start = state["batches"] * self.batch_size

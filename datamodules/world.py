@@ -1,0 +1,168 @@
+"""The built-in action-driven world: a procedural scrolling map seen through a small camera window.
+
+Nothing to download, exact revisits, ground truth for every frame. Each world is a torus-shaped map of
+coloured blocks fixed by a seed; the camera moves ``speed`` pixels per frame under text actions
+("go left", "go right", "go up", "go down", "stay"). Places outside the current view are not in the
+context window, so a model without memory must invent them again when it comes back: the setting that
+Temp-LoRA's episodic memory addresses (paper Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from slowfast_vgen.datamodules.common import MixedLengthCollate, ResumableDataLoader, stable_seed
+from slowfast_vgen.errors import UserInputError
+
+ACTIONS: dict[str, tuple[int, int]] = {
+    "go left": (-1, 0),
+    "go right": (1, 0),
+    "go up": (0, -1),
+    "go down": (0, 1),
+    "stay": (0, 0),
+}
+REVERSE = {"go left": "go right", "go right": "go left", "go up": "go down", "go down": "go up", "stay": "stay"}
+
+# Eight well separated colours (RGB in [0, 1]).
+PALETTE = np.array(
+    [
+        [0.90, 0.20, 0.20], [0.20, 0.70, 0.25], [0.20, 0.35, 0.90], [0.95, 0.85, 0.20],
+        [0.85, 0.40, 0.85], [0.20, 0.80, 0.85], [0.95, 0.55, 0.15], [0.15, 0.15, 0.20],
+    ],
+    dtype=np.float32,
+)
+
+
+@dataclass
+class World:
+    """One procedural map; ``render`` returns the camera view at a position (wrapping around)."""
+
+    seed: int
+    cells: int = 8
+    cell_size: int = 8
+    view_size: int = 16
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        grid = rng.integers(0, len(PALETTE), size=(self.cells, self.cells))
+        big = np.repeat(np.repeat(grid, self.cell_size, 0), self.cell_size, 1)  # (M, M) colour indices
+        self.map = PALETTE[big].transpose(2, 0, 1).copy()  # (3, M, M)
+        self.size = self.cells * self.cell_size
+
+    def render(self, x: int, y: int) -> np.ndarray:
+        rows = (y + np.arange(self.view_size)) % self.size
+        cols = (x + np.arange(self.view_size)) % self.size
+        return self.map[:, rows][:, :, cols]  # (3, V, V)
+
+    def rollout(self, x: int, y: int, actions: list[str], speed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Apply one action per frame from (x, y); returns frames (T, 3, V, V) and positions (T, 2)."""
+        frames, positions = [], []
+        for a in actions:
+            if a not in ACTIONS:
+                raise UserInputError(f"unknown action {a!r}; expected one of {sorted(ACTIONS)}")
+            dx, dy = ACTIONS[a]
+            x, y = (x + dx * speed) % self.size, (y + dy * speed) % self.size
+            frames.append(self.render(x, y))
+            positions.append((x, y))
+        return np.stack(frames), np.array(positions)
+
+
+class WorldClipDataset(Dataset):
+    """Chunk pairs <past frames, action, next frames> from random worlds; sample ``i`` is fixed by (seed, i).
+
+    The ``n_context`` past frames were produced by a previous action, the rest by ``action``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1024,
+        seed: int = 0,
+        frames: int = 8,
+        min_context: int = 1,
+        max_context: int = 4,
+        num_worlds: int = 100_000,
+        cells: int = 8,
+        cell_size: int = 8,
+        view_size: int = 16,
+        speed: int = 2,
+    ) -> None:
+        if not 1 <= min_context <= max_context < frames:
+            raise UserInputError(
+                f"need 1 <= min_context ({min_context}) <= max_context ({max_context}) < frames ({frames})"
+            )
+        self.num_samples, self.seed, self.frames = num_samples, seed, frames
+        self.min_context, self.max_context, self.num_worlds = min_context, max_context, num_worlds
+        self.world_kwargs = dict(cells=cells, cell_size=cell_size, view_size=view_size)
+        self.speed = speed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        seed = stable_seed("world-clip", self.seed, index)
+        rng = np.random.default_rng(seed)
+        world = World(seed=int(rng.integers(self.num_worlds)), **self.world_kwargs)
+        x, y = (int(v) for v in rng.integers(0, world.size, size=2))
+        names = list(ACTIONS)
+        prev, action = names[rng.integers(len(names))], names[rng.integers(len(names))]
+        n_context = int(rng.integers(self.min_context, self.max_context + 1))
+        acts = [prev] * n_context + [action] * (self.frames - n_context)
+        frames, _ = world.rollout(x, y, acts, self.speed)
+        return {"video": torch.from_numpy(frames), "action": action, "n_context": n_context, "seed": seed}
+
+
+class WorldDataModule(L.LightningDataModule):
+    """The built-in world as a LightningDataModule (train/val/test splits use disjoint seeds)."""
+
+    def __init__(
+        self,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        train_samples: int = 4096,
+        val_samples: int = 64,
+        seed: int = 0,
+        frames: int = 8,
+        min_frames: int | None = None,
+        min_context: int = 1,
+        max_context: int = 4,
+        cells: int = 8,
+        cell_size: int = 8,
+        view_size: int = 16,
+        speed: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        common = dict(
+            frames=frames, min_context=min_context, max_context=max_context, cells=cells,
+            cell_size=cell_size, view_size=view_size, speed=speed,
+        )
+        self.train_set = WorldClipDataset(train_samples, seed=seed, **common)
+        self.val_set = WorldClipDataset(val_samples, seed=seed + 1_000_003, **common)
+        self.collate = MixedLengthCollate(min_frames=min_frames, max_frames=frames)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            seed=self.hparams.seed,
+            num_workers=self.hparams.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

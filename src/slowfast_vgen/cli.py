@@ -1,0 +1,108 @@
+"""``sfvgen``: one entry point for training (LightningCLI) and the framework's tools.
+
+``sfvgen fit|validate|test|predict -c experiments/X.yaml [--section.key value ...]`` runs LightningCLI with
+OmegaConf interpolation (``${data.init_args.frames}``); the resolved config is saved next to every run.
+The other subcommands are plain functions ``main(argv) -> int`` in their modules, imported on use so
+that ``sfvgen --help`` stays fast.
+
+Bad input (a config key that does not exist, a value of the wrong type, an invalid argument) prints one
+line naming it and what was expected, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from typing import NoReturn
+
+from slowfast_vgen.errors import UserInputError
+
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (slow learning, the slow-fast loop) from an experiment YAML",
+    "validate": "run the validation loop of an experiment",
+    "test": "run the test loop of an experiment",
+    "predict": "run the predict loop of an experiment (generation)",
+}
+# name -> (module:function, help). Each function takes the remaining argv and returns an exit code.
+TOOL_COMMANDS = {
+    "demo": ("slowfast_vgen.demo:main", "train/generate on the built-in world and write videos (make demo)"),
+    "generate": ("slowfast_vgen.generation.cli:main", "generate a long video from a first frame and actions"),
+    "data": ("slowfast_vgen.datamodules.cli:main", "build, verify and record WebDataset shards"),
+    "evaluate": ("slowfast_vgen.evaluation.cli:main", "evaluate models and write the paper's tables"),
+    "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, data, metrics) as JSON"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: sfvgen <command> [options]", "", "commands:"]
+    for name, text in LIGHTNING_COMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    for name, (_, text) in TOOL_COMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    lines += ["", "`sfvgen <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def _one_line(message: str) -> str:
+    """Condense a jsonargparse error (often a nested, multi-line report) into its most specific line."""
+    lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
+    if not lines:
+        return "invalid configuration"
+    key = next((m.group(1) for ln in lines if (m := re.search(r'[Kk]ey "([^"]+)"', ln))), None)
+    detail = next(
+        (ln for ln in lines if re.search(r"not expected|Expected a|Got value|does not|invalid|unrecognized", ln)),
+        lines[-1],
+    )
+    detail = re.sub(r"\s+", " ", detail)
+    if key and key not in detail:
+        return f'config key "{key}": {detail}'
+    return detail
+
+
+def run_lightning(argv: list[str]) -> int:
+    import warnings
+
+    from slowfast_vgen.training import SfvgenCLI
+
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    try:
+        SfvgenCLI(args=argv)
+    except UserInputError as err:
+        return _fail(str(err))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"sfvgen: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in LIGHTNING_COMMANDS:
+            return run_lightning(argv)
+        if command in TOOL_COMMANDS:
+            module, func = TOOL_COMMANDS[command][0].split(":")
+            return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except UserInputError as err:
+        return _fail(str(err))
+    return _fail(f"unknown command {command!r}; expected one of {sorted({**LIGHTNING_COMMANDS, **TOOL_COMMANDS})}")
+
+
+def exit_with_usage_error(message: str) -> NoReturn:
+    """Used by the config parser: one line on stderr, exit code 2."""
+    print(f"sfvgen: error: {_one_line(message)}", file=sys.stderr)
+    if os.environ.get("SFVGEN_DEBUG"):
+        print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

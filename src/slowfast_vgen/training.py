@@ -1,0 +1,119 @@
+"""LightningCLI set-up shared by ``sfvgen fit|validate|test|predict`` and the tests.
+
+* Experiments are YAML files naming a LightningModule (``model.class_path``) and a LightningDataModule
+  (``data.class_path``) with their typed arguments; OmegaConf interpolation is on, so one value can be
+  shared across sections (``frames: ${data.init_args.frames}``).
+* Config errors (unknown key, wrong type) print one line and exit with code 2.
+* The resolved config is saved in the run's log directory (LightningCLI's SaveConfigCallback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lightning as L
+from omegaconf import OmegaConf
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from slowfast_vgen.errors import UserInputError
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A LightningArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        from slowfast_vgen.cli import exit_with_usage_error
+
+        exit_with_usage_error(message)
+
+
+def check_config_keys(node: Any, where: str = "") -> None:
+    """Reject unknown keys under every ``class_path``/``init_args`` pair with the accepted ones listed.
+
+    jsonargparse reports an unknown key without saying where it is or what would be accepted; a user
+    editing a YAML needs both.
+    """
+    if isinstance(node, dict):
+        target = node.get("class_path")
+        if isinstance(target, str) and isinstance(node.get("init_args"), dict):
+            accepted = _accepted_args(target)
+            for key in node["init_args"]:
+                if accepted is not None and key not in accepted:
+                    raise UserInputError(
+                        f'config key "{where}init_args.{key}" is not an argument of {target}; '
+                        f"expected one of {sorted(accepted)}"
+                    )
+        for key, value in node.items():
+            check_config_keys(value, f"{where}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_config_keys(value, f"{where}{i}.")
+
+
+def _accepted_args(target: str) -> set[str] | None:
+    module, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserInputError(f"class_path {target!r} cannot be imported; expected a dotted path to a class") from None
+    params = inspect.signature(obj).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params) and not inspect.isfunction(obj):
+        return None  # accepts **kwargs: let the parser decide
+    return {p.name for p in params if p.kind is not p.VAR_POSITIONAL and p.name != "self"}
+
+
+def _innermost_user_error(err: BaseException) -> str:
+    seen = err
+    while seen is not None:
+        if isinstance(seen, UserInputError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    lines = [ln.strip(" -") for ln in str(err).splitlines()]
+    if "Errors:" in lines:  # jsonargparse's union report: the first error is the informative one
+        return lines[lines.index("Errors:") + 1]
+    return lines[0] if lines else err.__class__.__name__
+
+
+class SfvgenCLI(LightningCLI):
+    """LightningCLI with subclass-mode model and data, OmegaConf interpolation and one-line errors."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_class=OneLineErrorParser,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        for path in _config_paths(args):
+            check_config_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:  # raised while building model/data/trainer from the config
+            raise UserInputError(_innermost_user_error(err)) from err
+
+
+def _config_paths(args: Any) -> list[str]:
+    args = list(args or [])
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config") and Path(args[i + 1]).is_file()]
+
+
+def load_experiment(path: str, overrides: list[str] | None = None) -> SfvgenCLI:
+    """Parse and instantiate an experiment YAML without running it (tests, notebooks, the demo).
+
+    The returned object has ``.model``, ``.datamodule``, ``.trainer`` and the parsed ``.config``.
+    """
+    return SfvgenCLI(args=["-c", str(path), *(overrides or [])], run=False)

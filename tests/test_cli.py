@@ -1,0 +1,66 @@
+"""The sfvgen command line: help, one-line config errors with exit code 2, a real fit run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SFVGEN = [sys.executable, "-m", "slowfast_vgen.cli"]
+TINY = REPO / "experiments" / "slow_tiny.yaml"
+
+
+def run(args, cwd=None):
+    return subprocess.run(SFVGEN + args, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_every_subcommand():
+    out = run(["--help"])
+    assert out.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "data", "generate", "evaluate", "bench", "demo"):
+        assert f"  {command} " in out.stdout
+
+
+def error_lines(stderr: str) -> list[str]:
+    noise = ("warn", "seed set to")  # warnings and Lightning's seed info are not part of the error
+    return [ln for ln in stderr.splitlines() if ln.strip() and not any(n in ln.lower() for n in noise)]
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (("    frames: 8", "    frames: 8\n    bogus_key: 1"), ['"data.init_args.bogus_key"', "expected one of", "view_size"]),
+        (("  max_steps: 200", "  max_steps: many"), ['"trainer.max_steps"', "int", "many"]),
+        (("    lr: 1.0e-3", "    lr: fast"), ["lr", "float", "fast"]),
+        (("preset: tiny", "preset: huge"), ["huge", "expected one of"]),
+        (("class_path: slowfast_vgen.models.HashTextEncoder", "class_path: slowfast_vgen.models.Nope"), ["Nope"]),
+    ],
+)
+def test_bad_yaml_gives_one_line_and_exit_code_2(tmp_path, edit, expected):
+    text = TINY.read_text()
+    assert edit[0] in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(edit[0], edit[1], 1))
+    out = run(["fit", "-c", str(bad)], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = error_lines(out.stderr)
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    for word in expected:
+        assert word in lines[0], lines[0]
+
+
+def test_unknown_command_is_one_line_and_exit_2():
+    out = run(["fly"])
+    assert out.returncode == 2 and "unknown command 'fly'" in out.stderr
+
+
+def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
+    out = run(["fit", "-c", str(TINY), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+               "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (config,) = (tmp_path / "runs" / "slow_tiny").rglob("config.yaml")
+    assert "SlowLearningSystem" in config.read_text() and "${" not in config.read_text()
+    assert list((tmp_path / "runs" / "slow_tiny").rglob("*.ckpt"))

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from slowfast_vgen.errors import ModelNotAvailableError, UserInputError
+from slowfast_vgen.models import (
+    DiffusersVAE,
+    HashTextEncoder,
+    PixelShuffleAutoencoder,
+    build_unet3d,
+    check_video,
+    load_unet3d,
+)
+
+
+def test_pixel_autoencoder_is_lossless_and_uses_diffusers_layout():
+    video = torch.rand(2, 5, 3, 16, 16)
+    ae = PixelShuffleAutoencoder(factor=2)
+    z = ae.encode(video)
+    assert z.shape == (2, 12, 5, 8, 8)  # (B, C, F, h, w)
+    assert torch.allclose(ae.decode(z), video, atol=1e-6)
+    # frame t of the latents is frame t of the video
+    assert torch.allclose(ae.decode(z[:, :, 3:4]), video[:, 3:4], atol=1e-6)
+
+
+def test_vae_frame_by_frame_matches_per_frame_calls():
+    ae = DiffusersVAE.tiny(frames_per_call=2)
+    video = torch.rand(1, 3, 3, 16, 16)
+    z = ae.encode(video)
+    assert z.shape == (1, 4, 3, 8, 8)
+    single = torch.cat([ae.encode(video[:, i : i + 1]) for i in range(3)], dim=2)
+    assert torch.allclose(z, single, atol=1e-5)
+    assert ae.decode(z).shape == video.shape
+    assert not any(p.requires_grad for p in ae.parameters())
+
+
+def test_hash_text_encoder_is_deterministic_and_distinguishes_actions():
+    enc = HashTextEncoder(embed_dim=32)
+    a = enc(["go left", "go right", "Go  LEFT!", ""])
+    assert a.shape == (4, 8, 32)
+    assert torch.equal(a[0], a[2])  # case and punctuation do not matter
+    assert not torch.equal(a[0], a[1])
+    assert torch.equal(HashTextEncoder(embed_dim=32)(["go left"]), a[:1])  # same seed, same embedding
+
+
+def test_check_video_rejects_bad_layout_and_range():
+    with pytest.raises(UserInputError, match=r"\(B, T, C, H, W\)"):
+        check_video(torch.rand(3, 16, 16))
+    with pytest.raises(UserInputError, match=r"\[0, 1\]"):
+        check_video(torch.rand(1, 2, 3, 4, 4) * 255)
+
+
+def test_unet_presets_and_bad_preset():
+    unet = build_unet3d("tiny")
+    assert unet.config.block_out_channels == (32, 64)
+    assert build_unet3d("tiny", in_channels=4, out_channels=4).config.in_channels == 4
+    with pytest.raises(UserInputError, match="huge"):
+        build_unet3d("huge")
+
+
+def test_load_unet3d_from_local_diffusers_folder(tmp_path):
+    unet = build_unet3d("tiny")
+    unet.save_pretrained(tmp_path / "model" / "unet")
+    loaded = load_unet3d(str(tmp_path / "model"))
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_load_unet3d_offline_gives_clear_error(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="neither a local folder"):
+        load_unet3d("someone/not-a-real-model-xyz")
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelNotAvailableError, match="config.json"):
+        load_unet3d(str(tmp_path))
