@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from testutils import REPO
 
 SFVGEN = [sys.executable, "-m", "slowfast_vgen.cli"]
 TINY = REPO / "experiments" / "slow_tiny.yaml"

@@ -9,7 +9,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from testutils import REPO
 from tiny_pretrained import write_tiny_modelscope
 from slowfast_vgen.training import load_experiment
 

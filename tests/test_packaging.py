@@ -2,7 +2,7 @@
 
 import configparser
 
-from conftest import REPO
+from testutils import REPO
 
 
 def test_every_package_is_listed_in_setup_cfg():

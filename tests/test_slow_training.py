@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import free_port
+from testutils import free_port
 from slowfast_vgen.datamodules.world import WorldDataModule
 
 

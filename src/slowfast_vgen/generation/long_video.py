@@ -1,0 +1,109 @@
+"""Streaming long-video generation from a first frame and a stream of text actions (Sec. 3.2, Alg. 1a).
+
+Chunks are generated in latent space one after another, each conditioned on the previous chunk's clean
+latents (no decode/re-encode between chunks). With a :class:`TempLoRA` learner attached, Theta is
+updated after every chunk on the concatenated input and output latents (Alg. 1a lines 11-14) before
+the next chunk is generated with Phi + Theta. Only the current context is kept, so memory does not grow
+with the video's length; chunks are handed out as they are made (``stream``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slowfast_vgen.diffusion.sampling import ChunkSampler
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.lora import TempLoRA, UpdateRecord
+from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video
+
+
+@dataclass
+class Chunk:
+    """One generated chunk: its index, action, new latents (B, C, f_g, h, w) and pixels (B, f_g, C, H, W)."""
+
+    index: int
+    action: str
+    latents: torch.Tensor
+    video: torch.Tensor | None
+    update: UpdateRecord | None
+
+
+class LongVideoGenerator:
+    """Generate arbitrarily long action-driven videos chunk by chunk, optionally with Temp-LoRA memory.
+
+    Args:
+        unet, autoencoder, text_encoder: the slow-learning networks (Phi); the UNet may carry a Temp-LoRA.
+        sampler: the chunk sampler (DPM-Solver, three-way guidance).
+        chunk_frames: f_g, frames generated per chunk.
+        context_frames: f_p, clean frames conditioning each chunk (the last ones generated); default f_g.
+        temp_lora: the fast learner, or None for "without Temp-LoRA".
+        single_frame_context: Table 4's "wo chunk input": condition on the last frame only.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        autoencoder: FrameAutoencoder,
+        text_encoder: TextEncoder,
+        sampler: ChunkSampler,
+        chunk_frames: int = 8,
+        context_frames: int | None = None,
+        temp_lora: TempLoRA | None = None,
+        single_frame_context: bool = False,
+    ) -> None:
+        if chunk_frames < 1:
+            raise UserInputError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.unet, self.autoencoder, self.text_encoder, self.sampler = unet, autoencoder, text_encoder, sampler
+        self.chunk_frames = chunk_frames
+        self.context_frames = 1 if single_frame_context else (context_frames or chunk_frames)
+        self.temp_lora = temp_lora
+        self.on_chunk_end: list[Callable[[Chunk], None]] = []
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.unet(z_t, t, encoder_hidden_states=text.to(z_t.dtype)).sample
+
+    @torch.no_grad()
+    def stream(
+        self,
+        first: torch.Tensor,
+        actions: Iterable[str],
+        seed: int = 0,
+        decode: bool = True,
+        progress: bool = False,
+        context_latents: torch.Tensor | None = None,
+    ) -> Iterator[Chunk]:
+        """Yield chunks for ``actions`` after ``first`` (B, T0, C, H, W) pixels in [0, 1].
+
+        ``context_latents`` (B, C, f, h, w) continues a stopped world instead of encoding ``first``.
+        """
+        if context_latents is None:
+            check_video(first, "first frames")
+            context_latents = self.autoencoder.encode(first)  # Alg. 1a l.1: X_0 = VAE_ENCODE(X_0)
+        device = context_latents.device
+        b = context_latents.shape[0]
+        if self.temp_lora is not None and b != 1:
+            raise UserInputError(f"Temp-LoRA memory is per episode: generate one episode at a time, got batch {b}")
+        null = self.text_encoder([""]).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        context = context_latents[:, :, -self.context_frames :]
+        for i, action in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
+            text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
+            z = self.sampler.sample(self.denoise, context, self.chunk_frames, text, null, generator)  # l.8
+            new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
+            update = self.temp_lora.update(context, new, null, text) if self.temp_lora is not None else None
+            chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update)
+            for hook in self.on_chunk_end:
+                hook(chunk)
+            yield chunk
+            context = torch.cat([context, new], dim=2)[:, :, -self.context_frames :]  # l.5: X_{i+1} <- Y_i
+
+    def generate(self, first: torch.Tensor, actions: Iterable[str], seed: int = 0, progress: bool = False) -> torch.Tensor:
+        """The whole video (B, T0 + n * f_g, C, H, W) on the CPU: the first frames, then every chunk."""
+        parts = [first.cpu()]
+        parts += [c.video.cpu() for c in self.stream(first, actions, seed=seed, progress=progress)]
+        return torch.cat(parts, dim=1)

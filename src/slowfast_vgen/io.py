@@ -1,0 +1,68 @@
+"""Writing videos (mp4 + GIF) and files atomically: nothing partial is ever left under a final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slowfast_vgen.errors import UserInputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it to ``path`` only if the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def to_uint8_frames(video: torch.Tensor, upscale: int = 1) -> np.ndarray:
+    """(T, C, H, W) float in [0, 1] -> (T, H*upscale, W*upscale, 3) uint8, nearest-neighbour upscaling."""
+    if video.ndim != 4 or video.shape[1] not in (1, 3):
+        raise UserInputError(f"video: expected (T, C, H, W) with C in (1, 3), got {tuple(video.shape)}")
+    frames = (video.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if frames.shape[1] == 1:
+        frames = frames.expand(-1, 3, -1, -1)
+    if upscale > 1:
+        frames = frames.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+    return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (T, H, W, 3)
+
+
+def write_video(
+    path: str | Path, video: torch.Tensor, fps: int = 8, formats: tuple[str, ...] = ("mp4", "gif"), upscale: int = 1
+) -> list[Path]:
+    """Write ``video`` (T, C, H, W) in [0, 1] as ``path.mp4`` and/or ``path.gif``; returns the files written.
+
+    mp4 is H.264 (yuv420p, playable in browsers); small frames are upscaled by ``upscale`` (nearest) first.
+    """
+    import imageio.v3 as iio
+
+    frames = to_uint8_frames(video, upscale)
+    if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix in (".mp4", ".gif") else base
+    written = []
+    for fmt in formats:
+        target = base.with_name(base.name + "." + fmt)
+        with atomic_path(target) as tmp:
+            if fmt == "mp4":
+                iio.imwrite(tmp, frames, extension=".mp4", plugin="pyav", codec="libx264", fps=fps,
+                            out_pixel_format="yuv420p")
+            elif fmt == "gif":
+                iio.imwrite(tmp, frames, extension=".gif", plugin="pillow", duration=int(1000 / fps), loop=0)
+            else:
+                raise UserInputError(f"unknown video format {fmt!r}; expected 'mp4' or 'gif'")
+        written.append(target)
+    return written

@@ -1,0 +1,166 @@
+"""Fast learning with Temp-LoRA (Sec. 3.2, Eq. 3, Alg. 1a): the invariants of issue 4 on tiny weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.generation import LongVideoGenerator
+from slowfast_vgen.lora import TempLoRA
+from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
+
+ACTIONS = ["go left", "go left", "go up"]
+
+
+def make(temp_lora: bool, **lora_kwargs):
+    torch.manual_seed(0)
+    unet = build_unet3d("tiny").eval()
+    diffusion = MaskedDiffusion()
+    learner = TempLoRA(unet, diffusion, rank=4, lr=1e-3, **lora_kwargs) if temp_lora else None
+    sampler = ChunkSampler(diffusion.scheduler_config(), num_inference_steps=3)
+    gen = LongVideoGenerator(unet, PixelShuffleAutoencoder(), HashTextEncoder(), sampler, chunk_frames=3,
+                             context_frames=2, temp_lora=learner)
+    return gen, learner
+
+
+def first_frames():
+    return torch.rand(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def base_state(unet):
+    return {k: v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def test_zero_b_first_chunk_equals_the_generator_without_temp_lora():
+    plain, _ = make(False)
+    with_lora, learner = make(True)
+    assert all(float(m.lora_B["temp_lora"].weight.abs().max()) == 0 for m in learner.lora_layers())
+    a = next(plain.stream(first_frames(), ACTIONS, seed=3))
+    b = next(with_lora.stream(first_frames(), ACTIONS, seed=3))
+    assert torch.equal(a.latents, b.latents)
+    # ... and the chunks after it differ, because Theta has learned
+    a2 = list(plain.stream(first_frames(), ACTIONS, seed=3))[-1]
+    b2 = list(with_lora.stream(first_frames(), ACTIONS, seed=3))[-1]
+    assert not torch.equal(a2.latents, b2.latents)
+
+
+def test_only_lora_parameters_change_during_an_episode():
+    gen, learner = make(True)
+    before = base_state(gen.unet)
+    lora_before = [p.detach().clone() for p in learner.params]
+    chunks = list(gen.stream(first_frames(), ACTIONS * 2))
+    assert all(c.update is not None and not c.update.rolled_back for c in chunks)
+    after = base_state(gen.unet)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(a, p) for a, p in zip(lora_before, learner.params))
+    assert all(p.grad is None for p in gen.unet.parameters())  # no stray gradients on Phi
+
+
+def test_update_trains_on_the_concatenated_fully_noised_text_free_sequence():
+    gen, learner = make(True)
+    seen = []
+    handle = gen.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0].clone(), args[1].clone(), kwargs["encoder_hidden_states"].clone()))
+        if torch.is_grad_enabled() else None, with_kwargs=True,
+    )
+    context, generated = torch.randn(1, 12, 2, 8, 8), torch.randn(1, 12, 3, 8, 8)
+    null = gen.text_encoder([""])
+    record = learner.update(context, generated, null, text=gen.text_encoder(["go left"]))
+    handle.remove()
+    (noisy, t, text), = seen
+    assert noisy.shape == (1, 12, 5, 8, 8)  # X_i (+) Y_i along frames
+    assert torch.equal(text, null)  # no action text
+    assert int(t[0]) == record.timesteps[0]
+    z0 = torch.cat([context, generated], dim=2)
+    g = torch.Generator().manual_seed(learner.seed * 1_000_003 + 0)
+    t_ref = torch.randint(0, 1000, (1,), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    assert torch.equal(t, t_ref)
+    assert torch.allclose(noisy, learner.diffusion.add_noise(z0, noise, t))  # every frame noised, none clean
+    assert not torch.equal(noisy[:, :, :2], context)
+
+
+def test_original_variant_keeps_input_clean_and_uses_text():
+    gen, learner = make(True, variant="original")
+    seen = []
+    handle = gen.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0].clone(), kwargs["encoder_hidden_states"].clone())), with_kwargs=True
+    )
+    context, generated = torch.randn(1, 12, 2, 8, 8), torch.randn(1, 12, 3, 8, 8)
+    text = gen.text_encoder(["go left"])
+    learner.update(context, generated, gen.text_encoder([""]), text=text)
+    handle.remove()
+    (noisy, cond), = seen
+    assert torch.equal(noisy[:, :, :2], context) and torch.equal(cond, text)
+
+
+def test_reset_between_episodes_restores_the_base_model_exactly():
+    gen, learner = make(True)
+    plain, _ = make(False)
+    list(gen.stream(first_frames(), ACTIONS))
+    learner.reset()
+    a = list(plain.stream(first_frames(), ACTIONS[:1], seed=5))[0]
+    b = list(gen.stream(first_frames(), ACTIONS[:1], seed=5))[0]
+    assert torch.equal(a.latents, b.latents)
+
+
+def test_remove_gives_back_the_base_modules():
+    torch.manual_seed(0)
+    unet = build_unet3d("tiny").eval()
+    reference = copy.deepcopy(unet)
+    learner = TempLoRA(unet, rank=4)
+    learner.remove()
+    assert [type(m) for m in unet.modules()] == [type(m) for m in reference.modules()]
+    assert unet.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_saved_memory_reloads_to_identical_outputs(tmp_path):
+    gen, learner = make(True)
+    list(gen.stream(first_frames(), ACTIONS))
+    path = learner.save(tmp_path / "world.safetensors", extra={"context": torch.ones(2)})
+    continued = list(gen.stream(first_frames(), ["go down"] * 2, seed=9))
+    gen2, learner2 = make(True)
+    extra = learner2.load(path)
+    assert torch.equal(extra["context"], torch.ones(2)) and learner2.chunks_seen == 3
+    again = list(gen2.stream(first_frames(), ["go down"] * 2, seed=9))
+    for a, b in zip(continued, again):  # same outputs, and the same updates (Adam state restored too)
+        assert torch.equal(a.latents, b.latents)
+    with pytest.raises(UserInputError, match="rank"):
+        make(True)[1].__class__(build_unet3d("tiny"), rank=8).load(path)
+
+
+def test_exploding_or_non_finite_updates_are_rolled_back():
+    gen, learner = make(True)
+    list(gen.stream(first_frames(), ACTIONS))
+    good = [p.detach().clone() for p in learner.params]
+    context = torch.randn(1, 12, 2, 8, 8)
+    bad = torch.full((1, 12, 3, 8, 8), float("nan"))
+    record = learner.update(context, bad, gen.text_encoder([""]))
+    assert record.rolled_back and "non-finite" in record.reason
+    assert all(torch.equal(a, p) for a, p in zip(good, learner.params))
+    learner.explode_factor = 1e-9  # any gradient now counts as exploding relative to the median
+    record = learner.update(context, torch.randn(1, 12, 3, 8, 8), gen.text_encoder([""]))
+    assert record.rolled_back and "median" in record.reason
+    assert all(torch.equal(a, p) for a, p in zip(good, learner.params))
+    learner.explode_factor = 20.0
+    assert not list(gen.stream(first_frames(), ACTIONS[:1]))[0].update.rolled_back  # generation goes on
+
+
+def test_no_local_variant_samples_from_the_whole_sequence():
+    gen, learner = make(True, variant="no-local")
+    list(gen.stream(first_frames(), ACTIONS * 2))
+    assert torch.cat(learner._sequence, dim=2).shape[2] == 2 + 3 * 6
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(UserInputError, match="variant"):
+        TempLoRA(build_unet3d("tiny"), variant="best")
+    with pytest.raises(UserInputError, match="target_modules"):
+        TempLoRA(build_unet3d("tiny"), target_modules=["no_such_layer"])
+    gen, _ = make(True)
+    with pytest.raises(UserInputError, match="one episode at a time"):
+        next(gen.stream(torch.rand(2, 2, 3, 16, 16), ACTIONS))
