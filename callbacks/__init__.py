@@ -1,1 +1,5 @@
-"""Lightning callbacks (installed as ``slowfast_vgen.callbacks``)."""
+"""Lightning callbacks (installed as ``slowfast_vgen.callbacks``): side effects and inference-time learning."""
+
+from slowfast_vgen.callbacks.temp_lora import TempLoRA
+
+__all__ = ["TempLoRA"]

@@ -166,3 +166,64 @@ class WorldDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+def revisit_episode(
+    seed: int,
+    chunk_frames: int = 4,
+    chunks_out: int = 3,
+    cells: int = 8,
+    cell_size: int = 8,
+    view_size: int = 16,
+    speed: int = 2,
+    min_gap: int = 8,
+) -> dict:
+    """An episode that leaves its start and comes back along the same path (the revisit benchmark).
+
+    Returns the first frame ``first`` (1, C, V, V), the chunk-level ``actions`` (``chunks_out`` times a move,
+    then as many times its reverse), the real frames ``frames`` (T, C, V, V) including the first one,
+    ``positions`` (T, 2), and ``revisits``: groups (first visit, [later visits]) of frame indices at the
+    same position, at least ``min_gap`` frames apart (beyond the context window, so memory is needed).
+    """
+    rng = np.random.default_rng(stable_seed("revisit", seed))
+    world = World(seed=int(rng.integers(1 << 31)), cells=cells, cell_size=cell_size, view_size=view_size)
+    x, y = (int(v) for v in rng.integers(0, world.size, size=2))
+    move = ["go left", "go right", "go up", "go down"][int(rng.integers(4))]
+    actions = [move] * chunks_out + [REVERSE[move]] * chunks_out
+    frames, positions = world.rollout(x, y, [a for a in actions for _ in range(chunk_frames)], speed)
+    frames = np.concatenate([world.render(x, y)[None], frames])
+    positions = np.concatenate([[[x, y]], positions])
+    groups: dict[int, list[int]] = {}
+    for j, pos in enumerate(positions.tolist()):
+        i = next(k for k, p in enumerate(positions.tolist()) if p == pos)
+        if j - i >= min_gap:
+            groups.setdefault(i, []).append(j)
+    return {
+        "first": torch.from_numpy(frames[:1]),
+        "actions": actions,
+        "frames": torch.from_numpy(frames),
+        "positions": torch.from_numpy(positions),
+        "revisits": sorted(groups.items()),
+        "seed": seed,
+    }
+
+
+class WorldRevisitDataset(Dataset):
+    """``num_episodes`` revisit episodes (seeds ``seed``, ``seed + 1``, ...) for ``trainer.predict``."""
+
+    def __init__(self, num_episodes: int = 4, seed: int = 10_000, **episode_kwargs) -> None:
+        self.num_episodes, self.seed, self.episode_kwargs = num_episodes, seed, episode_kwargs
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __getitem__(self, index: int) -> dict:
+        return revisit_episode(self.seed + index, **self.episode_kwargs)
+
+
+def collate_episode(samples: list[dict]) -> dict:
+    """Episodes are generated one at a time (Temp-LoRA memory is per episode): batch size 1."""
+    if len(samples) != 1:
+        raise UserInputError(f"episodes are generated one at a time; got a batch of {len(samples)}")
+    (s,) = samples
+    return {**s, "first": s["first"][None], "frames": s["frames"][None]}  # (1, T, C, H, W)

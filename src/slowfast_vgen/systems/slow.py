@@ -16,6 +16,7 @@ from torch import nn
 
 from slowfast_vgen.datamodules.common import stable_seed
 from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
+from slowfast_vgen.generation import LongVideoGenerator
 from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video
 
 FROZEN_PREFIXES = ("autoencoder.", "text_encoder.")
@@ -35,6 +36,7 @@ class SlowLearningSystem(L.LightningModule):
         seed: mixed into every sample's noise seed and into the per-step dropout seed.
         temporal_dropout: if set, overrides the dropout of the UNet's temporal convolutions (diffusers
             hard-codes ModelScope's 0.1).
+        chunk_frames, context_frames: f_g and f_p of long-video generation (``predict`` on episodes).
     """
 
     def __init__(
@@ -53,6 +55,8 @@ class SlowLearningSystem(L.LightningModule):
         guidance_text: float = 5.0,
         seed: int = 0,
         temporal_dropout: float | None = None,
+        chunk_frames: int = 8,
+        context_frames: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet", "autoencoder", "text_encoder", "diffusion"])
@@ -67,6 +71,10 @@ class SlowLearningSystem(L.LightningModule):
             self.unet.enable_gradient_checkpointing()
         if temporal_dropout is not None:
             set_temporal_dropout(self.unet, temporal_dropout)
+        # Plain-PyTorch long-video generator over the same networks; the TempLoRA callback attaches Theta.
+        self.generator = LongVideoGenerator(
+            self.unet, self.autoencoder, self.text_encoder, self.sampler, chunk_frames, context_frames
+        )
 
     # -- the three layers, connected ------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -122,11 +130,18 @@ class SlowLearningSystem(L.LightningModule):
         self.log("test/loss", loss, sync_dist=True, batch_size=len(batch["action"]))
         return loss
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """One chunk per sample: its first ``n_context`` frames as context, as many frames generated."""
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Episodes (``first`` frames + a list of chunk ``actions``): a long video, chunk by chunk (Alg. 1a).
+        Clip batches (``video`` + ``n_context``): one chunk per sample after its context frames."""
+        seed = stable_seed(self.hparams.seed, "predict", batch_idx)
+        if "actions" in batch:
+            chunks = list(self.generator.stream(batch["first"], batch["actions"], seed=seed))
+            video = torch.cat([batch["first"], *[c.video for c in chunks]], dim=1)  # (1, T, C, H, W)
+            return {"video": video.cpu(), "updates": [c.update for c in chunks]}
         video = batch["video"]
         n_ctx = int(batch["n_context"].min())
-        return self.generate_chunk(video[:, :n_ctx], batch["action"], video.shape[1] - n_ctx, seed=batch_idx)
+        out = self.generate_chunk(video[:, :n_ctx], batch["action"], video.shape[1] - n_ctx, seed=seed)
+        return {"video": out.cpu()}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Only the UNet trains (App. C.1); Adam, betas (0.9, 0.999), weight decay 0.

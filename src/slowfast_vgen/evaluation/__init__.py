@@ -1,0 +1,1 @@
+"""Evaluation: the revisit benchmark, the paper's table layouts and reports."""

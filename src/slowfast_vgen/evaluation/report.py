@@ -1,0 +1,127 @@
+"""The revisit report: side-by-side videos, a table with spread over episodes, a similarity plot, settings.
+
+Written as ``index.html`` (opens in a browser), ``report.md``, ``results.json``, ``similarity.png`` and
+``videos/`` (mp4 + GIF). Every number comes from the run that wrote the report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, summarize
+from slowfast_vgen.io import atomic_path, write_video
+
+HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True}
+
+
+def verdict(diff: dict[str, float], key: str) -> str:
+    """Plain words for a paired difference (with - without Temp-LoRA)."""
+    better = diff["mean"] > 0 if HIGHER_IS_BETTER[key] else diff["mean"] < 0
+    if diff["mean"] == 0:
+        return "no difference"
+    strength = "clearly" if abs(diff["t"]) >= 2 else "not significantly (|t| < 2)"
+    return f"{'better' if better else 'worse'} with Temp-LoRA, {strength}"
+
+
+def plot_similarity(path: Path, runs: dict[str, list[EpisodeResult]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    for (name, results), color in zip(runs.items(), ("tab:gray", "tab:blue")):
+        by_frame: dict[int, list[float]] = {}
+        for r in results:
+            for frame, sim in r.similarity:
+                by_frame.setdefault(frame, []).append(sim)
+        frames = sorted(by_frame)
+        means = [sum(by_frame[f]) / len(by_frame[f]) for f in frames]
+        ax.plot(frames, means, marker="o", ms=3, color=color, label=name)
+        for r in results:
+            ax.plot([f for f, _ in r.similarity], [s for _, s in r.similarity], color=color, alpha=0.2, lw=0.8)
+    ax.set_xlabel("frame of the revisit (returning to earlier places)")
+    ax.set_ylabel("cosine similarity to first visit")
+    ax.set_title("Scene revisit consistency over time (thin: episodes, bold: mean)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(
+    out: str | Path, without: list[EpisodeResult], with_lora: list[EpisodeResult], settings: dict[str, Any],
+    upscale: int = 8, fps: int = 6,
+) -> Path:
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for a, b in zip(without, with_lora):
+        side = torch.cat([a.real, a.video, b.video], dim=3)  # (T, C, H, 3W): real | without | with
+        write_video(out / "videos" / f"episode_{a.seed}", side, fps=fps, upscale=upscale)
+        rows.append(a.seed)
+    summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
+    diffs = {k: paired_difference(with_lora, without, k) for k in HIGHER_IS_BETTER}
+    verdicts = {k: verdict(diffs[k], k) for k in HIGHER_IS_BETTER}
+    plot_similarity(out / "similarity.png", {"without Temp-LoRA": without, "with Temp-LoRA": with_lora})
+    results = {
+        "summary": summary, "paired_difference_with_minus_without": diffs, "verdict": verdicts,
+        "episodes": [{"seed": a.seed, "without": a.scores, "with": b.scores, "rollbacks_with": b.rollbacks}
+                     for a, b in zip(without, with_lora)],
+        "settings": settings,
+    }
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
+    table = ["| | " + " | ".join(f"{k} {'↑' if up else '↓'}" for k, up in HIGHER_IS_BETTER.items()) + " |",
+             "|---|" + "---|" * len(HIGHER_IS_BETTER)]
+    for name, stats in summary.items():
+        table.append(f"| {name} | " + " | ".join(
+            f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" for k in HIGHER_IS_BETTER) + " |")
+    table.append("| with − without (paired) | " + " | ".join(
+        f"{diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}" for k in HIGHER_IS_BETTER) + " |")
+    n = len(without)
+    lines = [
+        "# Revisit benchmark: with and without Temp-LoRA", "",
+        f"{n} episodes of the built-in world: each leaves its start and comes back along the same path. "
+        "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a "
+        "place and later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): "
+        "generated vs real frames at the revisited frames.", "",
+        *table, "",
+        "## Did Temp-LoRA help on this model?", "",
+        *[f"- **{k}**: {verdicts[k]} (paired difference {diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}, "
+          f"t = {diffs[k]['t']:.2f}, n = {n})" for k in HIGHER_IS_BETTER], "",
+        "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
+    ]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    _write_html(out, lines, rows, table, verdicts)
+    return out / "index.html"
+
+
+def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str], verdicts: dict[str, str]) -> None:
+    head = table[0].strip("|").split("|")
+    body_rows = [r.strip("|").split("|") for r in table[2:]]
+    cells = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body_rows)
+    videos = "".join(
+        f'<figure><img src="videos/episode_{s}.gif" alt="episode {s}"><figcaption>episode {s}: real | without | '
+        f'with Temp-LoRA (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
+    )
+    verdict_items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in verdicts.items())
+    settings = html.escape(json.dumps(json.loads((out / "results.json").read_text())["settings"], indent=2))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SlowFast-VGen demo report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:6px}}
+figure img{{image-rendering:pixelated;width:384px}}</style></head><body>
+<h1>Revisit benchmark: with and without Temp-LoRA</h1><p>{html.escape(lines[2])}</p>
+<table><tr>{cells}</tr>{trs}</table><h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>
+<h2>Similarity to the first visit over time</h2><img style="display:block;width:640px" src="similarity.png">
+<h2>Videos</h2><div>{videos}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""
+    with atomic_path(out / "index.html") as tmp:
+        tmp.write_text(page)

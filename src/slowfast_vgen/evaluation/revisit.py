@@ -1,0 +1,92 @@
+"""The revisit benchmark: generate episodes that leave a place and come back, with and without Temp-LoRA,
+and measure consistency (SRC, SCuts) and fidelity at revisited frames against the real environment.
+
+Generation goes through ``trainer.predict`` with the :class:`slowfast_vgen.callbacks.TempLoRA` callback,
+exactly as a user would run it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from slowfast_vgen.callbacks import TempLoRA
+from slowfast_vgen.metrics import PSNR, SSIM, SceneCuts, SceneRevisitConsistency
+
+
+@dataclass
+class EpisodeResult:
+    """One generated episode and its scores."""
+
+    seed: int
+    video: torch.Tensor  # (T, C, H, W) generated, first frame included
+    real: torch.Tensor  # (T, C, H, W) the environment's frames
+    revisits: list[tuple[int, list[int]]]
+    scores: dict[str, float] = field(default_factory=dict)
+    similarity: list[tuple[int, float]] = field(default_factory=list)  # (frame, cos sim to its first visit)
+    rollbacks: int = 0
+
+
+def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: dict | None, progress: bool = True) -> list[dict]:
+    """``trainer.predict`` over an episode dataset; ``temp_lora``: TempLoRA callback kwargs, or None."""
+    from slowfast_vgen.datamodules.world import collate_episode
+
+    callbacks = [TempLoRA(**temp_lora)] if temp_lora is not None else []
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, logger=False, callbacks=callbacks, enable_progress_bar=progress,
+        enable_model_summary=False, inference_mode=False,
+    )
+    loader = DataLoader(episodes, batch_size=1, collate_fn=collate_episode)
+    return trainer.predict(system, dataloaders=loader)
+
+
+def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsistency) -> list[EpisodeResult]:
+    results = []
+    for out, ep in zip(outputs, (episodes[i] for i in range(len(episodes)))):
+        video, real = out["video"][0], ep["frames"]
+        revisits = [(i, list(js)) for i, js in ep["revisits"]]
+        later = sorted(j for _, js in revisits for j in js)
+        cuts = SceneCuts()
+        cuts.update(video[None])
+        psnr, ssim = PSNR(max_db=100.0), SSIM()
+        psnr.update(video[later][None], real[later][None])
+        ssim.update(video[later][None], real[later][None])
+        ((src_score, _),) = src.video_scores(video[None], [revisits])
+        feats = {}
+        index = sorted({i for i, _ in revisits} | set(later))
+        for k, f in zip(index, src.embed(video[index])):
+            feats[k] = f
+        similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
+                      for i, js in revisits for j in js]
+        updates = [u for u in out.get("updates", []) if u is not None]
+        results.append(EpisodeResult(
+            seed=int(ep["seed"]), video=video, real=real, revisits=revisits,
+            scores={"SRC": 100 * src_score, "SCuts": float(cuts.compute()), "PSNR": float(psnr.compute()),
+                    "SSIM": float(ssim.compute())},
+            similarity=sorted(similarity), rollbacks=sum(u.rolled_back for u in updates),
+        ))
+    return results
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation over episodes of each score."""
+    out = {}
+    for key in results[0].scores:
+        values = [r.scores[key] for r in results]
+        out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
+def paired_difference(with_lora: list[EpisodeResult], without: list[EpisodeResult], key: str) -> dict[str, float]:
+    """Per-episode difference (with - without): mean, std, n, and a t statistic of the mean."""
+    diffs = [a.scores[key] - b.scores[key] for a, b in zip(with_lora, without)]
+    mean = statistics.fmean(diffs)
+    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    t = mean / (std / math.sqrt(len(diffs))) if std > 0 else (math.inf if mean else 0.0)
+    return {"mean": mean, "std": std, "n": len(diffs), "t": t}
