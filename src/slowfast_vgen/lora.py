@@ -97,8 +97,9 @@ class TempLoRA:
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, explode_factor, seed
         config = LoraConfig(r=rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
-        try:
-            inject_adapter_in_model(config, unet, adapter_name=ADAPTER)
+        try:  # parameters made inside inference mode (e.g. trainer.predict) could never train
+            with torch.inference_mode(False):
+                inject_adapter_in_model(config, unet, adapter_name=ADAPTER)
         except ValueError as err:
             raise UserInputError(f"Temp-LoRA target_modules {self.target_modules}: {err}") from None
         self.params = [p for n, p in unet.named_parameters() if ".lora_" in n and ADAPTER in n]
@@ -109,7 +110,7 @@ class TempLoRA:
     # -- episode lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
         """New episode: Theta_0 (A random from ``seed``, B = 0, so Phi + Theta_0 == Phi) and fresh Adam."""
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.no_grad():
             torch.manual_seed(self.seed)
             for module in self.lora_layers():
                 module.reset_lora_parameters(ADAPTER, init_lora_weights=True)
