@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--updates-per-chunk", type=int, default=1)
     p.add_argument("--variant", default="temp-lora", choices=VARIANTS)
+    p.add_argument("--single-frame-context", action="store_true",
+                   help="Table 4 'wo chunk input': condition each chunk on the last frame only")
     p.add_argument("--memory-in", default=None, help="continue a world saved with --memory-out")
     p.add_argument("--memory-out", default=None, help="save the episode's memory (safetensors)")
     args = p.parse_args(argv)
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         system.sampler.num_inference_steps = args.steps
     gen = system.generator
+    if args.single_frame_context:
+        gen.context_frames = 1
     learner = None
     if not args.no_temp_lora:
         learner = TempLoRA(system.unet, system.diffusion, rank=args.rank, lr=args.lr,
