@@ -37,8 +37,10 @@ def stable_seed(*parts: Any) -> int:
 class MixedLengthCollate:
     """Stack samples after cropping the batch to a common length in ``[min_frames, max_frames]``.
 
-    The length is a function of the batch's sample seeds, so it is reproducible. Cropping removes frames
-    from the end (generated frames); ``n_context`` is clipped so that at least one frame is generated.
+    The length is a function of the batch's sample seeds, so it is reproducible. Each sample drops its
+    oldest context frames first and only then generated frames from the end, keeping ``n_context >= 1``:
+    the generated frames stay those that the sample's action produced (cropping only from the end would
+    turn context frames of the previous action into "generated" frames labelled with this one).
     """
 
     def __init__(self, min_frames: int | None = None, max_frames: int | None = None) -> None:
@@ -55,18 +57,36 @@ class MixedLengthCollate:
         hi = min(shortest, self.max_frames or shortest)
         lo = min(hi, self.min_frames or hi)
         length = lo + stable_seed(*[int(s["seed"]) for s in samples]) % (hi - lo + 1)
-        batch: dict[str, Any] = {
-            "video": torch.stack([s["video"][:length] for s in samples]),  # (B, T, C, H, W)
-            "n_context": torch.tensor([min(int(s["n_context"]), length - 1) for s in samples]),  # (B,)
-            "seed": torch.tensor([int(s["seed"]) for s in samples], dtype=torch.long),  # (B,)
-            "action": [str(s["action"]) for s in samples],
-        }
-        if all("latents" in s for s in samples):
-            batch["latents"] = torch.stack([s["latents"][:, :length] for s in samples])  # (B, C, F, h, w)
-        for key in samples[0]:
-            if key not in batch and key != "latents":
-                batch[key] = [s[key] for s in samples]  # extra metadata (domain, episode, ...) as lists
-        return batch
+        return stack_samples([crop_sample(s, length) for s in samples])
+
+
+def crop_sample(sample: dict[str, Any], length: int) -> dict[str, Any]:
+    """Crop to ``length`` frames: oldest context frames first, then generated frames from the end."""
+    n_context = int(sample["n_context"])
+    keep_gen = min(sample["video"].shape[0] - n_context, length - 1)
+    first = n_context - (length - keep_gen)  # frames dropped from the start
+    out = {**sample, "video": sample["video"][first : first + length], "n_context": length - keep_gen}
+    if "latents" in sample:
+        out["latents"] = sample["latents"][:, first : first + length]  # (C, F, h, w)
+    if "frame" in sample:
+        out["frame"] = int(sample["frame"]) + first
+    return out
+
+
+def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples of equal length -> a batch (tensors stacked, other keys as lists)."""
+    batch: dict[str, Any] = {
+        "video": torch.stack([s["video"] for s in samples]),  # (B, T, C, H, W)
+        "n_context": torch.tensor([int(s["n_context"]) for s in samples]),  # (B,)
+        "seed": torch.tensor([int(s["seed"]) for s in samples], dtype=torch.long),  # (B,)
+        "action": [str(s["action"]) for s in samples],
+    }
+    if all("latents" in s for s in samples):
+        batch["latents"] = torch.stack([s["latents"] for s in samples])  # (B, C, F, h, w)
+    for key in samples[0]:
+        if key not in batch and key != "latents":
+            batch[key] = [s[key] for s in samples]  # extra metadata (domain, episode, ...) as lists
+    return batch
 
 
 class ResumableSampler(DistributedSampler):

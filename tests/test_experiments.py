@@ -18,10 +18,9 @@ CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_
        "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.fast_dev_run", "1"]
 # Per-experiment overrides that shrink a full-size config to seconds on CPU; everything else is as written.
 SHRINK = {
-    "slow_modelscope.yaml": ["--data.init_args.view_size", "32", "--data.init_args.cell_size", "8",
-                             "--data.init_args.frames", "4", "--data.init_args.min_frames", "3",
-                             "--data.init_args.max_context", "2", "--data.init_args.num_workers", "0",
-                             "--data.init_args.batch_size", "1"],
+    "slow_modelscope.yaml": ["--data.init_args.resolution", "32", "--data.init_args.frames", "4",
+                             "--data.init_args.min_frames", "3", "--data.init_args.max_context", "2",
+                             "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1"],
 }
 
 
@@ -30,13 +29,31 @@ def tiny_modelscope(tmp_path_factory):
     return write_tiny_modelscope(tmp_path_factory.mktemp("modelscope"))
 
 
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory):
+    """A real shard set built by `data build` from a few small lossless videos."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "data"))
+    from datautils import make_dataset
+
+    from slowfast_vgen.datamodules.build import build_shards
+
+    root = tmp_path_factory.mktemp("shards")
+    videos, actions, _, _ = make_dataset(root)
+    build_shards(videos, actions, root / "train", video="mp4-lossless", progress=False)
+    return root / "train"
+
+
 def test_there_are_experiments():
     assert {"slow_tiny.yaml", "slow_modelscope.yaml"} <= {p.name for p in EXPERIMENTS}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
-def test_experiment_instantiates_and_runs_a_cpu_fast_dev_run(path: Path, tmp_path, tiny_modelscope, monkeypatch):
+def test_experiment_instantiates_and_runs_a_cpu_fast_dev_run(path: Path, tmp_path, tiny_modelscope, tiny_shards,
+                                                             monkeypatch):
     monkeypatch.setenv("MODELSCOPE", str(tiny_modelscope))
+    monkeypatch.setenv("SHARDS", str(tiny_shards))
     monkeypatch.chdir(tmp_path)  # runs/ and logs land in the temporary folder
     cli = load_experiment(str(path), CPU + SHRINK.get(path.name, []))
     assert cli.model is not None and cli.datamodule is not None

@@ -70,3 +70,16 @@ def test_load_unet3d_offline_gives_clear_error(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ModelNotAvailableError, match="config.json"):
         load_unet3d(str(tmp_path))
+
+
+def test_mixed_length_collate_drops_oldest_context_first():
+    from slowfast_vgen.datamodules.common import crop_sample
+
+    video = torch.arange(8.0)[:, None, None, None].expand(8, 3, 2, 2)  # frame t has value t
+    out = crop_sample({"video": video, "n_context": 3, "seed": 0, "action": "go left"}, length=3)
+    # frames 0-2 came from the previous action: keep the newest one as context, then generated frames 3, 4
+    assert out["video"][:, 0, 0, 0].tolist() == [2.0, 3.0, 4.0] and out["n_context"] == 1
+    out = crop_sample({"video": video, "n_context": 3, "seed": 0, "action": "x"}, length=6)
+    assert out["video"][:, 0, 0, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0] and out["n_context"] == 1
+    out = crop_sample({"video": video, "n_context": 3, "seed": 0, "action": "x"}, length=7)
+    assert out["video"][:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0] and out["n_context"] == 2

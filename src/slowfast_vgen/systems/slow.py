@@ -115,7 +115,9 @@ class SlowLearningSystem(L.LightningModule):
         # exactly as the uninterrupted one would have.
         torch.manual_seed(stable_seed(self.hparams.seed, "dropout", self.global_step, self.global_rank))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if batch.get("__empty__"):  # every sample of this batch was unreadable (reported by the datamodule)
+            return None
         loss = self.diffusion_loss(batch, self.current_epoch, cfg_dropout=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["action"]))
         return loss
