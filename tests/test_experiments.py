@@ -13,7 +13,8 @@ from testutils import REPO
 from tiny_pretrained import write_tiny_modelscope
 from slowfast_vgen.training import load_experiment
 
-EXPERIMENTS = sorted((REPO / "experiments").rglob("*.yaml"))
+# Training experiments (LightningCLI); experiments/eval/ holds `sfvgen evaluate` configs (tests/test_evaluate.py).
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "eval" not in p.relative_to(REPO).parts[1:-1])
 CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1",
        "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.fast_dev_run", "1"]
 # Per-experiment overrides that shrink a full-size config to seconds on CPU; everything else is as written.

@@ -62,11 +62,8 @@ def _one_line(message: str) -> str:
 
 
 def run_lightning(argv: list[str]) -> int:
-    import warnings
-
     from slowfast_vgen.training import SfvgenCLI
 
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     try:
         SfvgenCLI(args=argv)
     except UserInputError as err:

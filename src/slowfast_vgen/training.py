@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -81,6 +82,7 @@ class SfvgenCLI(LightningCLI):
     """LightningCLI with subclass-mode model and data, OmegaConf interpolation and one-line errors."""
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             L.LightningModule,

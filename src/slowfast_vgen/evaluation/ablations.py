@@ -85,7 +85,7 @@ def temp_lora_variants(system, episodes, rank: int = 32, lr: float = 1e-4) -> li
         ("Ours (w original Temp-LoRA)", {**base, "variant": "original"}, False),
         ("Ours (wo Local Learning Rule)", {**base, "variant": "no-local"}, False),
         ("Ours (wo Chunk Input)", {**base, "variant": "temp-lora"}, True),
-        ("Ours (wo Temp-LoRA)", None, False),
+        ("Ours (wo/ Temp-LoRA)", None, False),
         ("Ours SlowFast-VGen", {**base, "variant": "temp-lora"}, False),
     ]
     return [{"setting": name, **run_condition(system, episodes, lora, single_frame_context=single, src=src)}

@@ -1,0 +1,158 @@
+"""``sfvgen evaluate -c experiments/eval/X.yaml``: the paper's tables as markdown, CSV and JSON.
+
+``sfvgen evaluate human-sheet VIDEO_DIR``: a rating sheet for human evaluation (App. C.3).
+
+An evaluation YAML names the model (an experiment YAML + optional UNet weights), the benchmark (revisit
+episodes of the built-in world) and the table:
+
+* ``table1``: slow learning (PSNR, SSIM x100, LPIPS x100 and optionally FVD of generated chunks vs real ones,
+  from real context frames and the real action) and long videos (SCuts, SRC) with and without Temp-LoRA;
+* ``table4``: Temp-LoRA variants; ``table6_8``: learning rate x rank; ``table9``: sampling steps.
+
+The output folder holds ``table.md``, ``table.csv``, ``table.json`` with the protocol (seeds, number of
+videos, frames, settings) and the metric protocols.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.evaluation import ablations
+from slowfast_vgen.io import atomic_path
+
+REPO = Path(__file__).resolve().parents[3]
+TABLES = ("table1", "table4", "table6_8", "table9")
+SCHEMA = {"table": str, "model": dict, "benchmark": dict, "settings": dict, "out": str}
+
+
+def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise UserInputError(f"evaluation config {path!r} not found")
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("config", "weights"):  # relative paths: from the working directory, else the repository root
+        value = (cfg.get("model") or {}).get(key)
+        if value and not Path(value).is_absolute() and not Path(value).exists():
+            cfg["model"][key] = str(REPO / value)
+    for key in cfg:
+        if key not in SCHEMA:
+            raise UserInputError(f'evaluation config key "{key}" is not expected; expected one of {sorted(SCHEMA)}')
+    for key, kind in SCHEMA.items():
+        if key not in cfg or not isinstance(cfg[key], kind):
+            raise UserInputError(f'evaluation config key "{key}": expected a {kind.__name__}, got {cfg.get(key)!r}')
+    if cfg["table"] not in TABLES:
+        raise UserInputError(f'evaluation config key "table": {cfg["table"]!r}; expected one of {list(TABLES)}')
+    return cfg
+
+
+def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> dict[str, float]:
+    """Table 1 left: each episode's chunks generated from the REAL previous chunk and action, vs the real chunk."""
+    from slowfast_vgen.metrics import FVD, LPIPS, PSNR, SSIM
+
+    metrics = {"PSNR": PSNR(max_db=100.0), "SSIM": SSIM(), "LPIPS": LPIPS()}
+    if fvd:
+        metrics["FVD"] = FVD()
+    f_g, f_p = system.generator.chunk_frames, system.generator.context_frames
+    for i in range(len(episodes)):
+        ep = episodes[i]
+        real = ep["frames"]  # (T, C, H, W): first frame, then chunks of f_g frames
+        for c, action in enumerate(ep["actions"]):
+            start = 1 + c * f_g
+            context = real[max(0, start - f_p) : start][None]
+            fake = system.generate_chunk(context, [action], f_g, seed=seed + c)[:, context.shape[1] :]
+            target = real[start : start + f_g][None]
+            for name, m in metrics.items():
+                if name == "LPIPS" and min(fake.shape[-2:]) < 32:  # AlexNet needs >= 31 px: nearest upsampling
+                    up = -(-32 // min(fake.shape[-2:]))
+                    m.update(*(x.repeat_interleave(up, -1).repeat_interleave(up, -2) for x in (fake, target)))
+                elif name == "FVD":
+                    m.update(target, real=True)
+                    m.update(fake, real=False)
+                else:
+                    m.update(fake, target)
+    return {name: float(m.compute()) for name, m in metrics.items()}
+
+
+def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from slowfast_vgen.datamodules.world import WorldRevisitDataset
+
+    system = ablations.build_system(cfg["model"]["config"], cfg["model"].get("weights"))
+    s = cfg["settings"]
+    system.sampler.num_inference_steps = int(s.get("steps", 20))
+    b = cfg["benchmark"]
+    episodes = WorldRevisitDataset(
+        int(b.get("episodes", 4)), seed=int(b.get("seed", 10_000)), chunk_frames=system.generator.chunk_frames,
+        chunks_out=int(b.get("chunks_out", 3)), min_gap=system.generator.chunk_frames + system.generator.context_frames,
+        **b.get("world", {}),
+    )
+    lora = dict(rank=int(s.get("rank", 32)), lr=float(s.get("lr", 1e-4)))
+    table = cfg["table"]
+    if table == "table1":
+        # Left half: one chunk from real context + action vs the real chunk; right half: long videos.
+        slow = slow_learning_rows(system, episodes, fvd=bool(s.get("fvd", False)))
+        long_keys = ("SCuts", "SCuts_std", "SRC", "SRC_std", "episodes", "rollbacks")
+        without, with_lora = (ablations.run_condition(system, episodes, x) for x in (None, lora))
+        rows = [{"setting": "Ours (wo/ Temp-LoRA)", **{k: without[k] for k in long_keys}},
+                {"setting": "Ours SlowFast-VGen", **slow, **{k: with_lora[k] for k in long_keys}}]
+    elif table == "table4":
+        rows = ablations.temp_lora_variants(system, episodes, **lora)
+    elif table == "table6_8":
+        rows = ablations.lr_rank_grid(system, episodes, s.get("lrs", [1e-3, 1e-4, 1e-5]), s.get("ranks", [16, 32, 64]))
+    else:
+        rows = ablations.sampling_steps(system, episodes, s.get("sweep", [10, 20, 50]), temp_lora=lora)
+    protocol = {"table": table, "episodes": len(episodes), "first_seed": episodes.seed,
+                "frames_per_episode": 1 + len(episodes[0]["actions"]) * system.generator.chunk_frames,
+                "chunk_frames": system.generator.chunk_frames, "context_frames": system.generator.context_frames,
+                "sampler": system.sampler.scheduler_name, "steps": system.sampler.num_inference_steps,
+                "temp_lora": lora, "model": cfg["model"], "torch_seed_policy": "per-chunk generator seeds"}
+    return rows, protocol
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], protocol: dict[str, Any]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in ("FVD", "PSNR", "SSIM", "LPIPS", "SCuts", "SRC") if any(k in r for r in rows)]
+    md = ["| setting | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [(f"{r[k]:.2f}" + (f" ± {r[k + '_std']:.2f}" if k + "_std" in r else "")) if k in r else "/" for k in keys]
+        md.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    md += ["", "Protocol:", "", "```json", json.dumps(protocol, indent=2, default=str), "```"]
+    written = []
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    written.append(out / "table.md")
+    with atomic_path(out / "table.csv") as tmp, open(tmp, "w", newline="") as f:
+        fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "setting", k))
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    written.append(out / "table.csv")
+    with atomic_path(out / "table.json") as tmp:
+        tmp.write_text(json.dumps({"rows": rows, "protocol": protocol}, indent=2, default=str))
+    written.append(out / "table.json")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "human-sheet":  # sfvgen evaluate human-sheet VIDEO_DIR (App. C.3)
+        from slowfast_vgen.evaluation.human import main as human_main
+
+        return human_main(argv[1:])
+    p = argparse.ArgumentParser(prog="sfvgen evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. benchmark.episodes=2 settings.steps=5")
+    args = p.parse_args(argv)
+    cfg = load_eval_config(args.config, args.overrides)
+    torch.manual_seed(0)
+    rows, protocol = run_table(cfg)
+    for path in write_outputs(Path(cfg["out"]), rows, protocol):
+        print(path.resolve())
+    print(Path(cfg["out"], "table.md").read_text())
+    return 0
