@@ -227,3 +227,20 @@ def collate_episode(samples: list[dict]) -> dict:
         raise UserInputError(f"episodes are generated one at a time; got a batch of {len(samples)}")
     (s,) = samples
     return {**s, "first": s["first"][None], "frames": s["frames"][None]}  # (1, T, C, H, W)
+
+
+class WorldLoopDataModule(L.LightningDataModule):
+    """Episodes of the built-in world for the slow-fast loop (Alg. 1b): each epoch, the system's inner loop
+    turns them into D_s (use ``Trainer(reload_dataloaders_every_n_epochs=1)``)."""
+
+    def __init__(self, num_episodes: int = 8, seed: int = 20_000, chunk_frames: int = 4, chunks_out: int = 3,
+                 cells: int = 8, cell_size: int = 8, view_size: int = 16, speed: int = 2) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.episodes = WorldRevisitDataset(num_episodes, seed=seed, chunk_frames=chunk_frames, chunks_out=chunks_out,
+                                            cells=cells, cell_size=cell_size, view_size=view_size, speed=speed)
+
+    def train_dataloader(self) -> DataLoader:
+        from slowfast_vgen.systems.slowfast import slow_fast_dataloader
+
+        return slow_fast_dataloader(self.trainer.lightning_module, self.episodes, self.trainer.current_epoch)

@@ -97,11 +97,18 @@ class TempLoRA:
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, explode_factor, seed
         config = LoraConfig(r=rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
+        trainable = {n: p.requires_grad for n, p in unet.named_parameters()}
         try:  # parameters made inside inference mode (e.g. trainer.predict) could never train
             with torch.inference_mode(False):
                 inject_adapter_in_model(config, unet, adapter_name=ADAPTER)
         except ValueError as err:
             raise UserInputError(f"Temp-LoRA target_modules {self.target_modules}: {err}") from None
+        for name, p in unet.named_parameters():  # peft freezes the base: Phi keeps its own flags
+            base = name.replace(".base_layer", "")
+            if base in trainable:
+                p.requires_grad_(trainable[base])
+            elif name in trainable:
+                p.requires_grad_(trainable[name])
         self.params = [p for n, p in unet.named_parameters() if ".lora_" in n and ADAPTER in n]
         self.history: list[UpdateRecord] = []
         self.chunks_seen = 0

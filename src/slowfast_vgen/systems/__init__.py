@@ -1,5 +1,6 @@
 """Lightning systems: they connect networks, diffusion process and data; no algorithm lives only here."""
 
 from slowfast_vgen.systems.slow import SlowLearningSystem
+from slowfast_vgen.systems.slowfast import SlowFastLoopSystem
 
-__all__ = ["SlowLearningSystem"]
+__all__ = ["SlowFastLoopSystem", "SlowLearningSystem"]

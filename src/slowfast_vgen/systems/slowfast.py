@@ -1,0 +1,159 @@
+"""The slow-fast learning loop (paper Sec. 3.3, Algorithm 1b) as a LightningModule.
+
+Every epoch ("while not converged", l.1):
+
+* inner loop (l.2-11), :meth:`SlowFastLoopSystem.build_slow_dataset`: for each episode, Theta_0^e is
+  initialised and, for every chunk i, the triple (X_i, X_{i+1}, Theta_i) joins D_s *before* Theta is
+  updated by fast learning on X_i (+) X_{i+1} with Phi fixed (l.8-9). Theta snapshots and latents are
+  written to safetensors files (one per episode), so D_s can exceed memory and a stopped loop resumes
+  without recomputing finished episodes;
+* outer loop (l.12-17), ``training_step``: Phi + Theta_i predicts X_{i+1} from X_i (masked conditional
+  diffusion loss, Eq. 1-2, with the chunk's action), Theta_i frozen, Phi updated.
+
+Samples with different Theta_i are not mixed in a batch: each batch is one record (grouped by Theta).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.io import atomic_path
+from slowfast_vgen.lora import ADAPTER, DEFAULT_TARGETS, TempLoRA
+from slowfast_vgen.systems.slow import SlowLearningSystem
+
+
+class SlowDataset(Dataset):
+    """D_s on disk: records (episode file, chunk i) -> X_i, X_{i+1}, action, Theta_i."""
+
+    def __init__(self, records: list[tuple[str, int]]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, i = self.records[index]
+        tensors = load_file(path)  # data only (safetensors)
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        theta = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"theta.{i}.")}
+        return {"x": tensors[f"x.{i}"], "y": tensors[f"x.{i + 1}"], "action": meta["actions"][i],
+                "theta": theta, "seed": int(meta["seed"]) * 1000 + i}
+
+
+class SlowFastLoopSystem(SlowLearningSystem):
+    """Algorithm 1b on top of :class:`SlowLearningSystem` (same networks, diffusion and arguments).
+
+    Extra args: ``memory_dir`` (D_s files), ``lora_rank``, ``lora_lr``, ``lora_steps_per_chunk``,
+    ``lora_targets`` (the fast learner, as :class:`slowfast_vgen.lora.TempLoRA`).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        memory_dir: str = "runs/slowfast/memory",
+        lora_rank: int = 32,
+        lora_lr: float = 1e-4,
+        lora_steps_per_chunk: int = 1,
+        lora_targets: list[str] = list(DEFAULT_TARGETS),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.memory_dir = Path(memory_dir)
+        self.learner = TempLoRA(self.unet, self.diffusion, rank=lora_rank, lr=lora_lr,
+                                steps_per_chunk=lora_steps_per_chunk, target_modules=lora_targets)
+        self.theta_names = [n for n, _ in self.unet.named_parameters() if ".lora_" in n and ADAPTER in n]
+        self._set_theta_trainable(False)
+
+    # -- Alg. 1b l.2-11: the inner (fast) loop prepares D_s --------------------------------------------
+    @torch.no_grad()
+    def build_slow_dataset(self, episodes: Dataset, epoch: int, progress: bool = True) -> SlowDataset:
+        """Run fast learning over every episode with Phi fixed; return D_s (files under memory_dir/epoch_N)."""
+        from tqdm.auto import tqdm
+
+        folder = self.memory_dir / f"epoch_{epoch:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        null = self.encode_text([""])
+        records: list[tuple[str, int]] = []
+        self._set_theta_trainable(True)
+        try:
+            for e in tqdm(range(len(episodes)), desc=f"inner loop (epoch {epoch})", disable=not progress):
+                path = folder / f"episode_{e:05d}.safetensors"
+                if not path.with_suffix(".json").is_file():  # resume: finished episodes are not recomputed
+                    self._fast_learn_episode(episodes[e], path, null)
+                meta = json.loads(path.with_suffix(".json").read_text())
+                records += [(str(path), i) for i in range(meta["chunks"] - 1)]
+        finally:
+            self._set_theta_trainable(False)  # the outer loop loads each record's frozen Theta_i
+        return SlowDataset(records)
+
+    def _set_theta_trainable(self, trainable: bool) -> None:
+        for p in self._theta().values():
+            p.requires_grad_(trainable)
+
+    def _fast_learn_episode(self, episode: dict[str, Any], path: Path, null: torch.Tensor) -> None:
+        frames, actions = episode["frames"], list(episode["actions"])
+        f_g = self.generator.chunk_frames
+        z = self.encode_video(frames[None].to(self.device))  # (1, C, T, h, w)
+        # X_0 = the first frame(s), X_i = chunk i of the episode (l.5)
+        first = z.shape[2] - len(actions) * f_g
+        if first < 1:
+            raise UserInputError(f"episode of {z.shape[2]} frames cannot hold {len(actions)} chunks of {f_g} frames")
+        chunks = [z[:, :, :first]] + [z[:, :, first + k * f_g : first + (k + 1) * f_g] for k in range(len(actions))]
+        self.learner.reset()  # l.6: Theta_0^e
+        tensors: dict[str, torch.Tensor] = {}
+        for i in range(len(chunks) - 1):
+            for name, value in self._theta().items():  # l.8: record Theta_i BEFORE it sees X_{i+1}
+                tensors[f"theta.{i}.{name}"] = value.detach().to("cpu", copy=True)
+            self.learner.update(chunks[i], chunks[i + 1], null)  # l.9: fast learning, Phi fixed
+        for i, chunk in enumerate(chunks):
+            tensors[f"x.{i}"] = chunk[0].detach().to("cpu", copy=True).contiguous()  # (C, F, h, w)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+        # chunk i (i >= 1) was produced by action i - 1; record (X_i, X_{i+1}) is driven by action i
+        meta = {"chunks": len(chunks), "actions": actions, "seed": int(episode.get("seed", 0))}
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(meta))
+
+    def _theta(self) -> dict[str, torch.Tensor]:
+        params = dict(self.unet.named_parameters())
+        return {n: params[n] for n in self.theta_names}
+
+    def load_theta(self, theta: dict[str, torch.Tensor]) -> None:
+        """Put Theta_i into the LoRA (frozen: never a parameter of the outer-loop optimizer)."""
+        with torch.no_grad():
+            for name, value in self._theta().items():
+                value.copy_(theta[name].to(value.device, value.dtype))
+
+    # -- Alg. 1b l.12-17: the outer (slow) loop ----------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.load_theta(batch["theta"])  # l.14: Phi_i^e = Phi + Theta_i^e
+        x, y = batch["x"][None], batch["y"][None]  # (1, C, F, h, w)
+        z0 = torch.cat([x, y], dim=2)  # X_i clean context, X_{i+1} to predict (l.15)
+        n_ctx = torch.tensor([x.shape[2]], device=z0.device)
+        seeds = self.sample_seeds({"seed": [batch["seed"]]}, self.current_epoch)
+        loss, _ = self.diffusion.training_loss(
+            self.denoise, z0, n_ctx, self.encode_text([batch["action"]]), self.encode_text([""]), seeds
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=1)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # l.16: fix Theta_i^e, update Phi only
+        phi = [p for n, p in self.unet.named_parameters() if n not in set(self.theta_names)]
+        return torch.optim.Adam(phi, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                weight_decay=self.hparams.weight_decay)
+
+
+
+def slow_fast_dataloader(system: SlowFastLoopSystem, episodes: Dataset, epoch: int, num_workers: int = 0) -> DataLoader:
+    """D_s of this epoch as a DataLoader of single records (batches grouped by Theta)."""
+    data = system.build_slow_dataset(episodes, epoch)
+    return DataLoader(data, batch_size=None, shuffle=True, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(epoch))
