@@ -24,10 +24,10 @@ from slowfast_vgen.errors import UserInputError
 
 SCHEDULERS: dict[str, Callable[..., object]] = {
     # DPM-Solver++ (2nd order, multistep): the paper's 20-step inference sampler.
-    "dpm-solver": lambda cfg: DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++"),
-    "ddim": lambda cfg: DDIMScheduler.from_config(cfg),
-    "ddpm": lambda cfg: DDPMScheduler.from_config(cfg),
-    "euler": lambda cfg: EulerDiscreteScheduler.from_config(cfg),
+    "dpm-solver": lambda cfg, **kw: DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", **kw),
+    "ddim": lambda cfg, **kw: DDIMScheduler.from_config(cfg, **kw),
+    "ddpm": lambda cfg, **kw: DDPMScheduler.from_config(cfg, **kw),
+    "euler": lambda cfg, **kw: EulerDiscreteScheduler.from_config(cfg),
 }
 
 
@@ -39,6 +39,9 @@ class ChunkSampler:
         scheduler: one of ``"dpm-solver"`` (paper), ``"ddim"``, ``"ddpm"``, ``"euler"``.
         num_inference_steps: sampling steps (paper: 20; Table 9 sweeps 10-100).
         guidance_image, guidance_text: three-way guidance scales (paper: 2 and 5).
+        thresholding: dynamic thresholding of the predicted clean sample (Imagen) to [-max, max]: for
+            pixel-space models, whose data lie in [-1, 1]; latent models (ModelScope) leave it off.
+        sample_max_value: the bound used by ``thresholding``.
     """
 
     def __init__(
@@ -48,13 +51,16 @@ class ChunkSampler:
         num_inference_steps: int = 20,
         guidance_image: float = 2.0,
         guidance_text: float = 5.0,
+        thresholding: bool = False,
+        sample_max_value: float = 1.0,
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise UserInputError(f"unknown scheduler {scheduler!r}; expected one of {sorted(SCHEDULERS)}")
         if num_inference_steps < 1:
             raise UserInputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         self.scheduler_name = scheduler
-        self.scheduler = SCHEDULERS[scheduler](scheduler_config)
+        extra = dict(thresholding=True, sample_max_value=sample_max_value) if thresholding else {}
+        self.scheduler = SCHEDULERS[scheduler](scheduler_config, **extra)
         self.num_inference_steps = num_inference_steps
         self.guidance_image, self.guidance_text = guidance_image, guidance_text
 

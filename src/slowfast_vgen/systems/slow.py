@@ -33,6 +33,7 @@ class SlowLearningSystem(L.LightningModule):
         lr, betas, weight_decay: Adam (paper App. C.1: 5e-6, (0.9, 0.999), 0).
         gradient_checkpointing: trade compute for memory in the UNet.
         sampler, num_inference_steps, guidance_image, guidance_text: inference (DPM-Solver, 20, 2, 5).
+        thresholding: clip predicted clean samples to [-1, 1] while sampling (pixel-space models).
         seed: mixed into every sample's noise seed and into the per-step dropout seed.
         temporal_dropout: if set, overrides the dropout of the UNet's temporal convolutions (diffusers
             hard-codes ModelScope's 0.1).
@@ -53,6 +54,7 @@ class SlowLearningSystem(L.LightningModule):
         num_inference_steps: int = 20,
         guidance_image: float = 2.0,
         guidance_text: float = 5.0,
+        thresholding: bool = False,
         seed: int = 0,
         temporal_dropout: float | None = None,
         chunk_frames: int = 8,
@@ -65,7 +67,8 @@ class SlowLearningSystem(L.LightningModule):
         self.text_encoder = text_encoder.requires_grad_(False)
         self.diffusion = diffusion or MaskedDiffusion()
         self.sampler = ChunkSampler(
-            self.diffusion.scheduler_config(), sampler, num_inference_steps, guidance_image, guidance_text
+            self.diffusion.scheduler_config(), sampler, num_inference_steps, guidance_image, guidance_text,
+            thresholding=thresholding,
         )
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
