@@ -233,11 +233,11 @@ class WorldLoopDataModule(L.LightningDataModule):
     """Episodes of the built-in world for the slow-fast loop (Alg. 1b): each epoch, the system's inner loop
     turns them into D_s (use ``Trainer(reload_dataloaders_every_n_epochs=1)``)."""
 
-    def __init__(self, num_episodes: int = 8, seed: int = 20_000, chunk_frames: int = 4, chunks_out: int = 3,
+    def __init__(self, num_episodes: int = 8, first_episode_seed: int = 20_000, chunk_frames: int = 4, chunks_out: int = 3,
                  cells: int = 8, cell_size: int = 8, view_size: int = 16, speed: int = 2) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.episodes = WorldRevisitDataset(num_episodes, seed=seed, chunk_frames=chunk_frames, chunks_out=chunks_out,
+        self.episodes = WorldRevisitDataset(num_episodes, seed=first_episode_seed, chunk_frames=chunk_frames, chunks_out=chunks_out,
                                             cells=cells, cell_size=cell_size, view_size=view_size, speed=speed)
 
     def train_dataloader(self) -> DataLoader:
