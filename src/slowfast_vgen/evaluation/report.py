@@ -17,14 +17,16 @@ from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, s
 from slowfast_vgen.io import atomic_path, write_video
 
 HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True}
+# Smallest differences worth reporting as an effect (units of the table: x100 for SRC and SSIM, dB for PSNR).
+MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5}
 
 
 def verdict(diff: dict[str, float], key: str) -> str:
     """Plain words for a paired difference (with - without Temp-LoRA)."""
     better = diff["mean"] > 0 if HIGHER_IS_BETTER[key] else diff["mean"] < 0
-    if diff["mean"] == 0:
-        return "no difference"
-    strength = "clearly" if abs(diff["t"]) >= 2 else "not significantly (|t| < 2)"
+    if abs(diff["mean"]) < MIN_EFFECT[key]:
+        return f"no meaningful difference (|mean difference| < {MIN_EFFECT[key]})"
+    strength = "clearly (|t| >= 2)" if abs(diff["t"]) >= 2 else "not significantly (|t| < 2)"
     return f"{'better' if better else 'worse'} with Temp-LoRA, {strength}"
 
 
