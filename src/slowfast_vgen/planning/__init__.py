@@ -1,0 +1,1 @@
+"""Video planning (Sec. 3.4): inverse dynamics model; subgoal execution comes next (issue 6)."""
