@@ -63,4 +63,11 @@ def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     (config,) = (tmp_path / "runs" / "slow_tiny").rglob("config.yaml")
     assert "SlowLearningSystem" in config.read_text() and "${" not in config.read_text()
-    assert list((tmp_path / "runs" / "slow_tiny").rglob("*.ckpt"))
+    ckpt = sorted((tmp_path / "runs" / "slow_tiny").rglob("*.ckpt"))[-1]
+    from safetensors.torch import load_file
+
+    from slowfast_vgen.training import export_main
+
+    assert export_main([str(ckpt), str(tmp_path / "unet.safetensors")]) == 0
+    weights = load_file(str(tmp_path / "unet.safetensors"))
+    assert weights and all(not k.startswith("unet.") for k in weights)

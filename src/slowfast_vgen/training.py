@@ -119,3 +119,29 @@ def load_experiment(path: str, overrides: list[str] | None = None) -> SfvgenCLI:
     The returned object has ``.model``, ``.datamodule``, ``.trainer`` and the parsed ``.config``.
     """
     return SfvgenCLI(args=["-c", str(path), *(overrides or [])], run=False)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """``sfvgen export CKPT OUT.safetensors``: the UNet weights of a Lightning checkpoint, as safetensors."""
+    import argparse
+
+    import torch
+    from safetensors.torch import save_file
+
+    from slowfast_vgen.io import atomic_path
+
+    parser = argparse.ArgumentParser(prog="sfvgen export", description=export_main.__doc__)
+    parser.add_argument("ckpt")
+    parser.add_argument("out")
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        raise UserInputError(f"checkpoint {args.ckpt!r} not found; expected a Lightning .ckpt file")
+    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=True)  # data only, never code
+    unet = {k[len("unet."):]: v.contiguous() for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+    if not unet:
+        raise UserInputError(f"{args.ckpt}: no `unet.*` weights; expected a SlowLearningSystem checkpoint")
+    meta = {"global_step": str(checkpoint.get("global_step")), "epoch": str(checkpoint.get("epoch"))}
+    with atomic_path(args.out) as tmp:
+        save_file(unet, str(tmp), metadata=meta)
+    print(f"{args.out}: {len(unet)} tensors, {sum(v.numel() for v in unet.values()):,} parameters, step {meta['global_step']}")
+    return 0
