@@ -164,3 +164,17 @@ def test_bad_settings_are_clear_errors():
     gen, _ = make(True)
     with pytest.raises(UserInputError, match="one episode at a time"):
         next(gen.stream(torch.rand(2, 2, 3, 16, 16), ACTIONS))
+
+
+def test_merged_sampling_matches_and_restores_phi_exactly():
+    gen, _ = make(True)
+    list(gen.stream(first_frames(), ACTIONS))  # Theta != 0 now
+    before = base_state(gen.unet)
+    unmerged = list(gen.stream(first_frames(), ["go down"], seed=4))[0]
+    gen2, _ = make(True)
+    list(gen2.stream(first_frames(), ACTIONS))  # the same Theta, learned the same way
+    gen2.merge_for_sampling = True
+    merged = list(gen2.stream(first_frames(), ["go down"], seed=4))[0]
+    torch.testing.assert_close(merged.latents, unmerged.latents, rtol=1e-4, atol=1e-4)
+    after = base_state(gen2.unet)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # Phi bit-identical after merging

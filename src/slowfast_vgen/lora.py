@@ -16,10 +16,12 @@ learning rates, App. D.5) are rolled back to the last good Theta and logged; gen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +134,28 @@ class TempLoRA:
         """Switch Theta off (Phi alone) or on without touching its values."""
         for module in self.lora_layers():
             module.enable_adapters(enabled)
+
+    @contextlib.contextmanager
+    def merged(self) -> Iterator[None]:
+        """Sample with Theta added into the wrapped weights (W + B A s): no LoRA cost per UNet call.
+
+        The original weights are kept as exact copies and copied back afterwards, so Phi stays
+        bit-identical; the outputs differ from the unmerged computation only by float rounding.
+        """
+        saved = []
+        with torch.no_grad():
+            for module in self.lora_layers():
+                base = module.get_base_layer()
+                saved.append((base.weight, base.weight.detach().clone()))
+                base.weight += module.get_delta_weight(ADAPTER).to(base.weight.dtype)
+        self.set_enabled(False)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for weight, copy in saved:
+                    weight.copy_(copy)
+            self.set_enabled(True)
 
     def remove(self) -> None:
         """Take the LoRA layers out of the UNet: it is the base model again, exactly."""

@@ -25,7 +25,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_mode(preset: str, temp_lora: bool, chunks: int, steps: int, rank: int, device: str) -> dict:
+def run_mode(preset: str, temp_lora: bool, chunks: int, steps: int, rank: int, device: str, merge: bool = False) -> dict:
     from slowfast_vgen.datamodules.world import World
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
     from slowfast_vgen.generation import LongVideoGenerator
@@ -40,7 +40,8 @@ def run_mode(preset: str, temp_lora: bool, chunks: int, steps: int, rank: int, d
     learner = TempLoRA(unet, diffusion, rank=rank, lr=1e-4) if temp_lora else None
     gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), HashTextEncoder(cfg["embed"]).to(dev),
                              ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps),
-                             chunk_frames=cfg["chunk"], context_frames=cfg["context"], temp_lora=learner)
+                             chunk_frames=cfg["chunk"], context_frames=cfg["context"], temp_lora=learner,
+                             merge_for_sampling=merge)
     first = torch.from_numpy(World(seed=0, view_size=cfg["view"], cell_size=cfg["view"] // 2).render(0, 0))
     first = first[None, None].to(dev)
     actions = (["go right", "go up", "go left", "go down"] * chunks)[:chunks]
@@ -70,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--merge", action="store_true", help="sample with Theta merged into the weights")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.rank, args.device)))
+        print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.rank, args.device,
+                                  args.merge)))
         return 0
     from slowfast_vgen.bench import machine
 
@@ -81,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("without", "with"):
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
                "--preset", args.preset, "--chunks", str(args.chunks), "--steps", str(args.steps),
-               "--rank", str(args.rank), "--device", args.device]
+               "--rank", str(args.rank), "--device", args.device, *(["--merge"] if args.merge else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     w, wo = results["with"], results["without"]
     print(json.dumps({
         "bench": "temp-lora", "preset": args.preset, "device": args.device,
         "settings": {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
-                     "rank": args.rank, "updates_per_chunk": 1, "chunk_frames": PRESETS[args.preset]["chunk"],
+                     "rank": args.rank, "updates_per_chunk": 1, "merge_for_sampling": args.merge, "chunk_frames": PRESETS[args.preset]["chunk"],
                      "context_frames": PRESETS[args.preset]["context"]},
         "without_temp_lora": wo, "with_temp_lora": w,
         "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),

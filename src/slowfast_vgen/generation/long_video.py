@@ -9,6 +9,7 @@ with the video's length; chunks are handed out as they are made (``stream``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ class LongVideoGenerator:
         context_frames: f_p, clean frames conditioning each chunk (the last ones generated); default f_g.
         temp_lora: the fast learner, or None for "without Temp-LoRA".
         single_frame_context: Table 4's "wo chunk input": condition on the last frame only.
+        merge_for_sampling: sample with Theta merged into the weights (faster; extra memory for copies of
+            the wrapped weights; outputs equal up to float rounding).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class LongVideoGenerator:
         context_frames: int | None = None,
         temp_lora: TempLoRA | None = None,
         single_frame_context: bool = False,
+        merge_for_sampling: bool = False,
     ) -> None:
         if chunk_frames < 1:
             raise UserInputError(f"chunk_frames must be >= 1, got {chunk_frames}")
@@ -62,6 +66,7 @@ class LongVideoGenerator:
         self.chunk_frames = chunk_frames
         self.context_frames = 1 if single_frame_context else (context_frames or chunk_frames)
         self.temp_lora = temp_lora
+        self.merge_for_sampling = merge_for_sampling
         self.on_chunk_end: list[Callable[[Chunk], None]] = []
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -93,7 +98,9 @@ class LongVideoGenerator:
         context = context_latents[:, :, -self.context_frames :]
         for i, action in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
-            z = self.sampler.sample(self.denoise, context, self.chunk_frames, text, null, generator)  # l.8
+            merge = self.temp_lora is not None and self.merge_for_sampling
+            with self.temp_lora.merged() if merge else contextlib.nullcontext():
+                z = self.sampler.sample(self.denoise, context, self.chunk_frames, text, null, generator)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
             update = self.temp_lora.update(context, new, null, text) if self.temp_lora is not None else None
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update)
