@@ -24,19 +24,14 @@ DEFAULT_WEIGHTS = PACKAGE / "assets" / "world_demo.safetensors"
 
 def build_demo_system(config: Path, weights: Path | None, train_minutes: float, out: Path):
     """The demo LightningModule: shipped weights if present, else a short CPU training run."""
-    from safetensors.torch import load_file
+    from slowfast_vgen.training import load_system
 
-    from slowfast_vgen.training import load_experiment
-
-    if not config.is_file():
-        raise UserInputError(f"demo config {str(config)!r} not found; run from a clone of the repository or pass --config")
-    overrides = ["--trainer.default_root_dir", str(out / "train"), "--trainer.logger", "false",
-                 "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]"]
-    cli = load_experiment(str(config), overrides)
+    shipped = weights is not None and weights.is_file()
+    overrides = ["--trainer.default_root_dir", str(out / "train"), "--trainer.enable_checkpointing", "false"]
+    cli = load_system(str(config), str(weights) if shipped else None, overrides=overrides)
     system = cli.model
     world = {k: cli.datamodule.hparams[k] for k in ("cells", "cell_size", "view_size", "speed")}
-    if weights is not None and weights.is_file():
-        system.unet.load_state_dict(load_file(str(weights)))
+    if shipped:
         print(f"loaded the shipped demo model: {weights}")
         return system, world, {"weights": str(weights), "trained_here_minutes": 0}
     print(f"no weights at {weights}: training the demo model for {train_minutes} min on the built-in world")

@@ -121,11 +121,42 @@ def load_experiment(path: str, overrides: list[str] | None = None) -> SfvgenCLI:
     return SfvgenCLI(args=["-c", str(path), *(overrides or [])], run=False)
 
 
+def unet_state_from_checkpoint(path: str) -> dict[str, Any]:
+    """The ``unet.*`` weights of a Lightning checkpoint, prefix removed (read with ``weights_only=True``)."""
+    import torch
+
+    if not Path(path).is_file():
+        raise UserInputError(f"checkpoint {path!r} not found; expected a Lightning .ckpt file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data only, never code
+    unet = {k[len("unet."):]: v.contiguous() for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+    if not unet:
+        raise UserInputError(f"{path}: no `unet.*` weights; expected a SlowLearningSystem checkpoint")
+    return {"unet": unet, "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
+
+
+def load_system(
+    config: str, weights: str | None = None, ckpt: str | None = None, overrides: list[str] | None = None
+) -> SfvgenCLI:
+    """An experiment's model and datamodule (no logger, no callbacks), with UNet weights from a safetensors
+    file (``weights``) or a Lightning checkpoint (``ckpt``) if given. Used by demo, generate and evaluate."""
+    from safetensors.torch import load_file
+
+    if not Path(config).is_file():
+        raise UserInputError(f"config {str(config)!r} not found; run from a clone of the repository or pass --config")
+    cli = load_experiment(str(config), ["--trainer.logger", "false", "--trainer.callbacks", "[]", *(overrides or [])])
+    if weights:
+        if not Path(weights).is_file():
+            raise UserInputError(f"weights {str(weights)!r} not found; expected a UNet .safetensors file")
+        cli.model.unet.load_state_dict(load_file(str(weights)))
+    elif ckpt:
+        cli.model.unet.load_state_dict(unet_state_from_checkpoint(ckpt)["unet"])
+    return cli
+
+
 def export_main(argv: list[str] | None = None) -> int:
     """``sfvgen export CKPT OUT.safetensors``: the UNet weights of a Lightning checkpoint, as safetensors."""
     import argparse
 
-    import torch
     from safetensors.torch import save_file
 
     from slowfast_vgen.io import atomic_path
@@ -134,13 +165,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("ckpt")
     parser.add_argument("out")
     args = parser.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        raise UserInputError(f"checkpoint {args.ckpt!r} not found; expected a Lightning .ckpt file")
-    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=True)  # data only, never code
-    unet = {k[len("unet."):]: v.contiguous() for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
-    if not unet:
-        raise UserInputError(f"{args.ckpt}: no `unet.*` weights; expected a SlowLearningSystem checkpoint")
-    meta = {"global_step": str(checkpoint.get("global_step")), "epoch": str(checkpoint.get("epoch"))}
+    checkpoint = unet_state_from_checkpoint(args.ckpt)
+    unet = checkpoint["unet"]
+    meta = {"global_step": str(checkpoint["global_step"]), "epoch": str(checkpoint["epoch"])}
     with atomic_path(args.out) as tmp:
         save_file(unet, str(tmp), metadata=meta)
     print(f"{args.out}: {len(unet)} tensors, {sum(v.numel() for v in unet.values()):,} parameters, step {meta['global_step']}")

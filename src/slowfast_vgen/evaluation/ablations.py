@@ -23,14 +23,9 @@ from slowfast_vgen.metrics import SceneRevisitConsistency
 
 def build_system(config: str, weights: str | None = None) -> L.LightningModule:
     """The LightningModule of an experiment YAML, with UNet weights from a safetensors file if given."""
-    from safetensors.torch import load_file
+    from slowfast_vgen.training import load_system
 
-    from slowfast_vgen.training import load_experiment
-
-    cli = load_experiment(config, ["--trainer.logger", "false", "--trainer.callbacks", "[]"])
-    if weights:
-        cli.model.unet.load_state_dict(load_file(weights))
-    return cli.model
+    return load_system(config, weights).model
 
 
 def run_condition(

@@ -66,24 +66,12 @@ def load_first_frame(path: str | None, size: int, world_seed: int, world: dict) 
 
 
 def load_model(config: str, weights: str | None, ckpt: str | None):
-    from safetensors.torch import load_file
+    from slowfast_vgen.training import load_system
 
-    from slowfast_vgen.training import load_experiment
-
-    cli = load_experiment(config, ["--trainer.logger", "false", "--trainer.callbacks", "[]"])
-    system = cli.model
-    if weights:
-        if not Path(weights).is_file():
-            raise UserInputError(f"--weights {weights!r} not found; expected a UNet .safetensors file")
-        system.unet.load_state_dict(load_file(weights))
-    elif ckpt:
-        if not Path(ckpt).is_file():
-            raise UserInputError(f"--ckpt {ckpt!r} not found; expected a Lightning .ckpt file")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        system.unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
+    cli = load_system(config, weights, ckpt)
     hp = getattr(cli.datamodule, "hparams", {})
     world = {k: hp.get(k) for k in ("cells", "cell_size", "view_size", "speed")}
-    return system.eval(), world
+    return cli.model.eval(), world
 
 
 def main(argv: list[str] | None = None) -> int:
