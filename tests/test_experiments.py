@@ -22,6 +22,9 @@ SHRINK = {
     "slow_modelscope.yaml": ["--data.init_args.resolution", "32", "--data.init_args.frames", "4",
                              "--data.init_args.min_frames", "3", "--data.init_args.max_context", "2",
                              "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1"],
+    "world_retrace_slow.yaml": ["--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"],
+    # its init_weights come from step 1 of the recipe (tests/test_table2.py runs the whole recipe)
+    "world_retrace_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
 }
 
 

@@ -67,3 +67,60 @@ def test_inner_loop_resumes_without_recomputing_finished_episodes(tmp_path):
     files[1].with_suffix(".json").unlink()
     again = system.build_slow_dataset(d.episodes, epoch=0, progress=False)
     assert files[0].stat().st_mtime_ns == stamps[0] and files[1].is_file() and len(again) == 4
+
+
+def random_thetas(system, n, scale=0.05):
+    g = torch.Generator().manual_seed(1)
+    return [{k: torch.randn(v.shape, generator=g) * scale for k, v in system._theta().items()} for _ in range(n)]
+
+
+def test_per_sample_lora_equals_applying_each_theta_alone(tmp_path):
+    system = make(tmp_path)
+    unet, thetas = system.unet, random_thetas(system, 3)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 12, 4, 8, 8, generator=g)
+    t, cond = torch.tensor([10, 500, 900]), torch.randn(3, 1, unet.config.cross_attention_dim, generator=g)
+    with system.learner.per_sample(thetas):
+        out = unet(x, t, encoder_hidden_states=cond).sample
+        out.square().mean().backward()
+    batched_grads = {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
+    assert not any(".lora_" in n for n in batched_grads)  # Theta is frozen: gradients reach Phi only
+    unet.zero_grad()
+    loss = 0
+    for b in range(3):
+        system.load_theta(thetas[b])  # Theta_b alone, sample b alone
+        alone = unet(x[b : b + 1], t[b : b + 1], encoder_hidden_states=cond[b : b + 1]).sample
+        torch.testing.assert_close(out[b : b + 1], alone, rtol=1e-4, atol=1e-5)
+        (alone.square().sum() / out.numel()).backward()  # the same mean, split by sample
+    for name, grad in batched_grads.items():
+        torch.testing.assert_close(grad, dict(unet.named_parameters())[name].grad, rtol=1e-3, atol=1e-6)
+    system.load_theta(thetas[0])  # sample 1 under Theta_0 is a different output: the check above has teeth
+    assert (unet(x[1:2], t[1:2], encoder_hidden_states=cond[1:2]).sample - out[1:2]).abs().max() > 1e-3
+
+
+def fit_loop(tmp_path, run, max_steps=-1, max_epochs=2, ckpt_path=None, save=None, **kwargs):
+    torch.manual_seed(0)
+    system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lr=1e-3,
+                                chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / run / "mem"), lora_rank=4,
+                                lora_lr=1e-2, temporal_dropout=0.0, **kwargs)
+    # a checkpoint is written as training writes it (mid-epoch, at step `save`)
+    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / run, every_n_train_steps=save)] if save else []
+    trainer = L.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", logger=False,
+                        enable_checkpointing=bool(save), callbacks=callbacks, enable_progress_bar=False,
+                        enable_model_summary=False, reload_dataloaders_every_n_epochs=1, default_root_dir=str(tmp_path / run))
+    trainer.fit(system, data(), ckpt_path=ckpt_path)
+    return trainer, {k: v for k, v in system.unet.state_dict().items() if ".lora_" not in k}
+
+
+def test_stopped_loop_resumes_to_the_same_phi(tmp_path):
+    # 2 episodes x 2 records, 2 records per batch (per-sample Theta): 2 steps per epoch, 2 epochs
+    _, full = fit_loop(tmp_path, "full", records_per_batch=2)
+    trainer, stopped = fit_loop(tmp_path, "stop", max_steps=3, save=3, records_per_batch=2)
+    assert trainer.global_step == 3  # stopped mid-epoch 1, after the inner loop of epoch 1 ran
+    (ckpt,) = (tmp_path / "stop").glob("*step=3.ckpt")
+    # resume in a fresh folder: the inner loop recomputes D_s of epoch 1 from the checkpointed Phi
+    trainer, resumed = fit_loop(tmp_path, "resume", ckpt_path=str(ckpt), records_per_batch=2)
+    assert trainer.global_step == 4
+    for name, value in full.items():
+        assert torch.equal(value, resumed[name]), name
+    assert any(not torch.equal(stopped[k], full[k]) for k in full)  # the last step did change Phi

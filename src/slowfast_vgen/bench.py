@@ -2,7 +2,7 @@
 
 * ``train-step``: seconds per optimisation step of :class:`SlowLearningSystem` under a Lightning Trainer
   and of a bare PyTorch loop over the same UNet, loss and batch; the difference is framework overhead.
-* ``temp-lora``, ``data``, ``metrics``: delegated to their packages.
+* ``temp-lora``, ``data``, ``metrics``, ``slow-fast``: delegated to their packages.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ DELEGATED = {
     "temp-lora": "slowfast_vgen.generation.bench:main",
     "data": "slowfast_vgen.datamodules.bench:main",
     "metrics": "slowfast_vgen.metrics.bench:main",
+    "slow-fast": "slowfast_vgen.systems.bench:main",
 }
 # preset -> (unet preset, batch size, frames, frame size)
 TRAIN_PRESETS = {"tiny": ("tiny", 2, 8, 16), "small": ("small", 4, 8, 32)}

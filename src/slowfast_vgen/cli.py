@@ -31,7 +31,7 @@ TOOL_COMMANDS = {
     "generate": ("slowfast_vgen.generation.cli:main", "generate a long video from a first frame and actions"),
     "data": ("slowfast_vgen.datamodules.cli:main", "build, verify and record WebDataset shards"),
     "evaluate": ("slowfast_vgen.evaluation.cli:main", "evaluate models and write the paper's tables"),
-    "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, data, metrics) as JSON"),
+    "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, slow-fast, data, metrics) as JSON"),
     "export": ("slowfast_vgen.training:export_main", "UNet weights of a checkpoint -> safetensors"),
 }
 

@@ -157,6 +157,36 @@ class TempLoRA:
                     weight.copy_(copy)
             self.set_enabled(True)
 
+    @contextlib.contextmanager
+    def per_sample(self, thetas: list[dict[str, torch.Tensor]]) -> Iterator[None]:
+        """UNet calls inside use Theta_b for sample b of the batch (functional, frozen LoRA per sample).
+
+        ``thetas``: one dict per sample, ``{parameter name in the UNet: value}`` (the LoRA A/B weights of
+        this adapter, as recorded by the slow-fast loop). peft's own mixed-adapter batches need one named
+        adapter per distinct Theta and loop over them; here each wrapped layer adds
+        ``s * (x_b A_b^T) B_b^T`` with two batched matmuls. Inside the UNet3D every layer's batch axis holds
+        each sample's rows contiguously (frames, or pixels for temporal attention, fold into it), so the
+        rows of sample b are the b-th of B equal blocks. Gradients reach Phi (the base weights), never Theta.
+        """
+        modules = dict(self.unet.named_modules())
+        hooks = []
+        for name, module in modules.items():
+            if not isinstance(module, LoraLayer):
+                continue
+            try:
+                a = torch.stack([t[f"{name}.lora_A.{ADAPTER}.weight"] for t in thetas])  # (B, r, in)
+                b = torch.stack([t[f"{name}.lora_B.{ADAPTER}.weight"] for t in thetas])  # (B, out, r)
+            except KeyError as err:
+                raise UserInputError(f"per-sample Theta misses LoRA weight {err.args[0]!r}") from None
+            hooks.append(module.register_forward_hook(_per_sample_hook(a, b, module.scaling[ADAPTER])))
+        self.set_enabled(False)
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.set_enabled(True)
+
     def remove(self) -> None:
         """Take the LoRA layers out of the UNet: it is the base model again, exactly."""
         for name, module in list(self.unet.named_modules()):
@@ -314,3 +344,19 @@ class TempLoRA:
                 self.optimizer.state[p] = state
         self.chunks_seen = int(meta.get("chunks_seen", 0))
         return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+
+
+def _per_sample_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
+    """Forward hook adding sample b's LoRA delta to the rows of sample b (see :meth:`TempLoRA.per_sample`)."""
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        n = x.shape[0]
+        if n % a.shape[0]:
+            raise RuntimeError(f"per-sample LoRA: layer batch {n} is not a multiple of {a.shape[0]} samples")
+        rows = x.reshape(a.shape[0], -1, x.shape[-1])  # (B, rows per sample, in)
+        wa, wb = a.to(x.device, x.dtype), b.to(x.device, x.dtype)
+        delta = torch.bmm(torch.bmm(rows, wa.transpose(1, 2)), wb.transpose(1, 2)) * scaling
+        return output + delta.reshape(output.shape).to(output.dtype)
+
+    return hook

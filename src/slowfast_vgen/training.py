@@ -122,13 +122,17 @@ def load_experiment(path: str, overrides: list[str] | None = None) -> SfvgenCLI:
 
 
 def unet_state_from_checkpoint(path: str) -> dict[str, Any]:
-    """The ``unet.*`` weights of a Lightning checkpoint, prefix removed (read with ``weights_only=True``)."""
+    """The ``unet.*`` weights of a Lightning checkpoint, prefix removed (read with ``weights_only=True``).
+
+    A slow-fast loop checkpoint holds Phi plus whichever Theta_i was loaded last: only Phi is kept, under the
+    plain UNet's names (peft's ``base_layer`` wrapping removed)."""
     import torch
 
     if not Path(path).is_file():
         raise UserInputError(f"checkpoint {path!r} not found; expected a Lightning .ckpt file")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data only, never code
-    unet = {k[len("unet."):]: v.contiguous() for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+    unet = {k[len("unet."):].replace(".base_layer.", "."): v.contiguous()
+            for k, v in checkpoint["state_dict"].items() if k.startswith("unet.") and ".lora_" not in k}
     if not unet:
         raise UserInputError(f"{path}: no `unet.*` weights; expected a SlowLearningSystem checkpoint")
     return {"unet": unet, "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
@@ -139,15 +143,13 @@ def load_system(
 ) -> SfvgenCLI:
     """An experiment's model and datamodule (no logger, no callbacks), with UNet weights from a safetensors
     file (``weights``) or a Lightning checkpoint (``ckpt``) if given. Used by demo, generate and evaluate."""
-    from safetensors.torch import load_file
-
     if not Path(config).is_file():
         raise UserInputError(f"config {str(config)!r} not found; run from a clone of the repository or pass --config")
     cli = load_experiment(str(config), ["--trainer.logger", "false", "--trainer.callbacks", "[]", *(overrides or [])])
     if weights:
-        if not Path(weights).is_file():
-            raise UserInputError(f"weights {str(weights)!r} not found; expected a UNet .safetensors file")
-        cli.model.unet.load_state_dict(load_file(str(weights)))
+        from slowfast_vgen.systems.slow import load_unet_weights
+
+        load_unet_weights(cli.model.unet, weights)
     elif ckpt:
         cli.model.unet.load_state_dict(unet_state_from_checkpoint(ckpt)["unet"])
     return cli

@@ -7,6 +7,8 @@ episodes of the built-in world) and the table:
 
 * ``table1``: slow learning (PSNR, SSIM x100, LPIPS x100 and optionally FVD of generated chunks vs real ones,
   from real context frames and the real action) and long videos (SCuts, SRC) with and without Temp-LoRA;
+* ``table2``: long-horizon planning on task environments (:mod:`slowfast_vgen.evaluation.planning`; the
+  models and tasks are listed under ``benchmark.tasks``);
 * ``table4``: Temp-LoRA variants; ``table6_8``: learning rate x rank; ``table9``: sampling steps.
 
 The output folder holds ``table.md``, ``table.csv``, ``table.json`` with the protocol (seeds, number of
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from slowfast_vgen.errors import UserInputError
@@ -29,19 +32,29 @@ from slowfast_vgen.evaluation import ablations
 from slowfast_vgen.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[3]
-TABLES = ("table1", "table4", "table6_8", "table9")
+TABLES = ("table1", "table2", "table4", "table6_8", "table9")
 SCHEMA = {"table": str, "model": dict, "benchmark": dict, "settings": dict, "out": str}
 
 
 def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
     if not Path(path).is_file():
         raise UserInputError(f"evaluation config {path!r} not found")
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    cfg = OmegaConf.load(path)
+    for item in overrides:  # key=value; keys may index lists (benchmark.tasks.0.episodes=2)
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"override {item!r}: expected key=value, e.g. benchmark.episodes=2")
+        try:
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else value, merge=True)
+        except Exception as err:  # noqa: BLE001 - OmegaConf raises several types for a bad key path
+            raise UserInputError(f"override {item!r}: {err}".splitlines()[0]) from None
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("config", "weights"):  # relative paths: from the working directory, else the repository root
-        value = (cfg.get("model") or {}).get(key)
-        if value and not Path(value).is_absolute() and not Path(value).exists():
-            cfg["model"][key] = str(REPO / value)
+    entries = [cfg.get("model") or {}] + [t for t in (cfg.get("benchmark") or {}).get("tasks") or [] if isinstance(t, dict)]
+    for entry in entries:  # relative paths: from the working directory, else the repository root
+        for key in ("config", "weights", "loop_weights"):
+            value = entry.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists():
+                entry[key] = str(REPO / value)
     for key in cfg:
         if key not in SCHEMA:
             raise UserInputError(f'evaluation config key "{key}" is not expected; expected one of {sorted(SCHEMA)}')
@@ -84,6 +97,10 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> dict[str, 
 def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from slowfast_vgen.datamodules.world import WorldRevisitDataset
 
+    if cfg["table"] == "table2":
+        from slowfast_vgen.evaluation.planning import run_table2
+
+        return run_table2(cfg)
     system = ablations.build_system(cfg["model"]["config"], cfg["model"].get("weights"))
     s = cfg["settings"]
     system.sampler.num_inference_steps = int(s.get("steps", 20))
@@ -118,18 +135,24 @@ def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], protocol: dict[str, Any]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in ("FVD", "PSNR", "SSIM", "LPIPS", "SCuts", "SRC") if any(k in r for r in rows)]
-    md = ["| setting | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [(f"{r[k]:.2f}" + (f" ± {r[k + '_std']:.2f}" if k + "_std" in r else "")) if k in r else "/" for k in keys]
-        md.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    if protocol.get("table") == "table2":
+        from slowfast_vgen.evaluation.planning import table2_markdown
+
+        md = table2_markdown(rows, protocol)
+    else:
+        keys = [k for k in ("FVD", "PSNR", "SSIM", "LPIPS", "SCuts", "SRC") if any(k in r for r in rows)]
+        md = ["| setting | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for r in rows:
+            cells = [(f"{r[k]:.2f}" + (f" ± {r[k + '_std']:.2f}" if k + "_std" in r else "")) if k in r else "/"
+                     for k in keys]
+            md.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
     md += ["", "Protocol:", "", "```json", json.dumps(protocol, indent=2, default=str), "```"]
     written = []
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text("\n".join(md) + "\n")
     written.append(out / "table.md")
     with atomic_path(out / "table.csv") as tmp, open(tmp, "w", newline="") as f:
-        fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "setting", k))
+        fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("task", "setting"), k))
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)

@@ -38,6 +38,8 @@ class SlowLearningSystem(L.LightningModule):
         temporal_dropout: if set, overrides the dropout of the UNet's temporal convolutions (diffusers
             hard-codes ModelScope's 0.1).
         chunk_frames, context_frames: f_g and f_p of long-video generation (``predict`` on episodes).
+        init_weights: UNet weights (.safetensors, e.g. from ``sfvgen export``) to start from: fine-tuning, or
+            the slow-fast loop starting from a slow-learned model.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class SlowLearningSystem(L.LightningModule):
         temporal_dropout: float | None = None,
         chunk_frames: int = 8,
         context_frames: int | None = None,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet", "autoencoder", "text_encoder", "diffusion"])
@@ -70,6 +73,8 @@ class SlowLearningSystem(L.LightningModule):
             self.diffusion.scheduler_config(), sampler, num_inference_steps, guidance_image, guidance_text,
             thresholding=thresholding,
         )
+        if init_weights:
+            load_unet_weights(self.unet, init_weights)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         if temporal_dropout is not None:
@@ -177,6 +182,26 @@ class SlowLearningSystem(L.LightningModule):
             self.denoise, z_ctx, n_frames, self.encode_text(actions), self.encode_text([""]), g, progress=progress
         )
         return self.decode_latents(z)
+
+
+def load_unet_weights(unet: nn.Module, path: str) -> None:
+    """UNet weights from a safetensors file (data only), with a clear error for a missing or mismatched file."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from slowfast_vgen.errors import UserInputError
+
+    repo = Path(__file__).resolve().parents[3]  # relative paths: from the working directory, else the repository
+    if not Path(path).is_file() and not Path(path).is_absolute() and (repo / path).is_file():
+        path = str(repo / path)
+    if not Path(path).is_file():
+        raise UserInputError(f"UNet weights {str(path)!r} not found; expected a .safetensors file (sfvgen export)")
+    try:
+        unet.load_state_dict(load_file(str(path)))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserInputError(f"UNet weights {str(path)!r} do not fit this UNet preset: {first}") from None
 
 
 def set_temporal_dropout(unet: nn.Module, p: float) -> None:

@@ -10,7 +10,10 @@ Every epoch ("while not converged", l.1):
 * outer loop (l.12-17), ``training_step``: Phi + Theta_i predicts X_{i+1} from X_i (masked conditional
   diffusion loss, Eq. 1-2, with the chunk's action), Theta_i frozen, Phi updated.
 
-Samples with different Theta_i are not mixed in a batch: each batch is one record (grouped by Theta).
+A batch holds ``records_per_batch`` records. With one record per batch ("grouped by Theta"), Theta_i is
+loaded into the LoRA before the step; with several, each sample uses its own frozen Theta_i through the
+functional per-sample LoRA of :meth:`slowfast_vgen.lora.TempLoRA.per_sample` (``sfvgen bench slow-fast``
+measures both). Under DDP, each rank runs the inner loop on its share of the episodes.
 """
 
 from __future__ import annotations
@@ -62,9 +65,12 @@ class SlowFastLoopSystem(SlowLearningSystem):
         lora_lr: float = 1e-4,
         lora_steps_per_chunk: int = 1,
         lora_targets: list[str] = list(DEFAULT_TARGETS),
+        records_per_batch: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if records_per_batch < 1:
+            raise UserInputError(f"records_per_batch must be >= 1, got {records_per_batch}")
         self.memory_dir = Path(memory_dir)
         self.learner = TempLoRA(self.unet, self.diffusion, rank=lora_rank, lr=lora_lr,
                                 steps_per_chunk=lora_steps_per_chunk, target_modules=lora_targets)
@@ -80,17 +86,22 @@ class SlowFastLoopSystem(SlowLearningSystem):
         folder = self.memory_dir / f"epoch_{epoch:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         null = self.encode_text([""])
-        records: list[tuple[str, int]] = []
+        rank, world = _rank_and_world()
+        paths = [folder / f"episode_{e:05d}.safetensors" for e in range(len(episodes))]
         self._set_theta_trainable(True)
         try:
-            for e in tqdm(range(len(episodes)), desc=f"inner loop (epoch {epoch})", disable=not progress):
-                path = folder / f"episode_{e:05d}.safetensors"
-                if not path.with_suffix(".json").is_file():  # resume: finished episodes are not recomputed
-                    self._fast_learn_episode(episodes[e], path, null)
-                meta = json.loads(path.with_suffix(".json").read_text())
-                records += [(str(path), i) for i in range(meta["chunks"] - 1)]
+            mine = range(rank, len(episodes), world)  # DDP: each rank learns its share of the episodes
+            for e in tqdm(mine, desc=f"inner loop (epoch {epoch})", disable=not progress or rank != 0):
+                if not paths[e].with_suffix(".json").is_file():  # resume: finished episodes are not recomputed
+                    self._fast_learn_episode(episodes[e], paths[e], null)
         finally:
             self._set_theta_trainable(False)  # the outer loop loads each record's frozen Theta_i
+        if world > 1:
+            torch.distributed.barrier()
+        records: list[tuple[str, int]] = []
+        for path in paths:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            records += [(str(path), i) for i in range(meta["chunks"] - 1)]
         return SlowDataset(records)
 
     def _set_theta_trainable(self, trainable: bool) -> None:
@@ -133,15 +144,22 @@ class SlowFastLoopSystem(SlowLearningSystem):
 
     # -- Alg. 1b l.12-17: the outer (slow) loop ----------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.load_theta(batch["theta"])  # l.14: Phi_i^e = Phi + Theta_i^e
-        x, y = batch["x"][None], batch["y"][None]  # (1, C, F, h, w)
+        x, y, thetas = batch["x"], batch["y"], batch["theta"]  # (B, C, F, h, w), B records
         z0 = torch.cat([x, y], dim=2)  # X_i clean context, X_{i+1} to predict (l.15)
-        n_ctx = torch.tensor([x.shape[2]], device=z0.device)
-        seeds = self.sample_seeds({"seed": [batch["seed"]]}, self.current_epoch)
-        loss, _ = self.diffusion.training_loss(
-            self.denoise, z0, n_ctx, self.encode_text([batch["action"]]), self.encode_text([""]), seeds
-        )
-        self.log("train/loss", loss, prog_bar=True, batch_size=1)
+        n_ctx = torch.full((x.shape[0],), x.shape[2], device=z0.device)
+        seeds = self.sample_seeds(batch, self.current_epoch)
+        text, null = self.encode_text(list(batch["action"])), self.encode_text([""] * x.shape[0])
+
+        def loss_fn() -> torch.Tensor:
+            return self.diffusion.training_loss(self.denoise, z0, n_ctx, text, null, seeds)[0]
+
+        if len(thetas) == 1:  # grouped by Theta: load it into the LoRA (l.14: Phi_i^e = Phi + Theta_i^e)
+            self.load_theta(thetas[0])
+            loss = loss_fn()
+        else:  # each sample with its own frozen Theta_i (functional per-sample LoRA)
+            with self.learner.per_sample([{k: v.to(self.device) for k, v in t.items()} for t in thetas]):
+                loss = loss_fn()
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -152,8 +170,30 @@ class SlowFastLoopSystem(SlowLearningSystem):
 
 
 
+def collate_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Records of D_s -> a batch: x, y stacked (B, C, F, h, w); actions, seeds and Theta_i as lists.
+
+    X_0 (the episode's first frame) is shorter than later chunks: contexts are cut to the shortest one in
+    the batch by dropping their oldest frames (the convention of ``MixedLengthCollate``)."""
+    n = min(r["x"].shape[1] for r in records)
+    return {"x": torch.stack([r["x"][:, r["x"].shape[1] - n :] for r in records]), "y": torch.stack([r["y"] for r in records]),
+            "action": [r["action"] for r in records], "seed": [r["seed"] for r in records],
+            "theta": [r["theta"] for r in records]}
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def slow_fast_dataloader(system: SlowFastLoopSystem, episodes: Dataset, epoch: int, num_workers: int = 0) -> DataLoader:
-    """D_s of this epoch as a DataLoader of single records (batches grouped by Theta)."""
+    """D_s of this epoch, shuffled, ``records_per_batch`` records per batch; its position is saved in
+    checkpoints, so a loop stopped mid-epoch resumes exactly (same batches, same order)."""
+    from slowfast_vgen.datamodules.common import ResumableDataLoader
+
     data = system.build_slow_dataset(episodes, epoch)
-    return DataLoader(data, batch_size=None, shuffle=True, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(epoch))
+    loader = ResumableDataLoader(data, batch_size=system.hparams.records_per_batch, shuffle=True, seed=0,
+                                 num_workers=num_workers, collate_fn=collate_records)
+    loader.sampler.set_epoch(epoch)
+    return loader
