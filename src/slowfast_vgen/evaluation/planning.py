@@ -23,7 +23,7 @@ from slowfast_vgen.errors import UserInputError
 
 METHODS = (("Ours wo Temp-LoRA", "weights", False), ("Ours wo Loop", "weights", True), ("Ours", "loop_weights", True))
 TASK_KEYS = {"task", "task_kwargs", "config", "weights", "loop_weights", "episodes", "seed", "idm_episodes",
-             "idm_steps", "idm_seed"}
+             "idm_steps", "idm_lr", "idm_seed"}
 FVD_FRAMES = 16
 
 
@@ -36,7 +36,8 @@ def check_task_entry(entry: dict[str, Any]) -> None:
             raise UserInputError(f"table2 task entry: {key!r} must be a string, got {entry.get(key)!r}")
 
 
-def train_task_idm(task: str, task_kwargs: dict, episodes: int, steps: int, seed: int, heldout: list):
+def train_task_idm(task: str, task_kwargs: dict, episodes: int, steps: int, seed: int, heldout: list,
+                   lr: float = 2e-3):
     """An IDM trained on ``episodes`` expert episodes (seeds from ``seed``), scored on ``heldout`` episodes."""
     from slowfast_vgen.datamodules.planning import TaskEpisodes
     from slowfast_vgen.planning.idm import frame_pairs, train_idm
@@ -46,7 +47,7 @@ def train_task_idm(task: str, task_kwargs: dict, episodes: int, steps: int, seed
     train = TaskEpisodes(task, episodes, seed, **task_kwargs).episodes
     pairs = frame_pairs([e.frames for e in train], [e.steps for e in train], vocab)
     held = frame_pairs([e.frames for e in heldout], [e.steps for e in heldout], vocab)
-    return train_idm(pairs, held, vocab, steps=steps, seed=seed)
+    return train_idm(pairs, held, vocab, steps=steps, lr=lr, seed=seed)
 
 
 def video_clips(videos: list[torch.Tensor], frames: int = FVD_FRAMES) -> torch.Tensor:
@@ -85,7 +86,7 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
     n, seed = int(entry.get("episodes", 4)), int(entry.get("seed", 100_000))
     expert = TaskEpisodes(name, n, seed, **kwargs).episodes  # the test episodes, as the expert plays them
     idm = train_task_idm(name, kwargs, int(entry.get("idm_episodes", 30)), int(entry.get("idm_steps", 300)),
-                         int(entry.get("idm_seed", 0)), expert)
+                         int(entry.get("idm_seed", 0)), expert, lr=float(entry.get("idm_lr", 2e-3)))
     env = make_task(name, **kwargs)
     real = real_fvd([ep.frames for ep in expert]) if settings.get("fvd", True) else None
     rows = []
@@ -111,6 +112,7 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
     protocol = {"task": name, "task_kwargs": kwargs, "metric": env.metric_name, "test_seeds": [seed, seed + n - 1],
                 "expert_metric": statistics.fmean(float(env_score(ep)) for ep in expert),
                 "idm": {"train_episodes": int(entry.get("idm_episodes", 30)), "steps": idm.steps,
+                        "lr": float(entry.get("idm_lr", 2e-3)),
                         "train_accuracy": idm.train_accuracy, "heldout_accuracy": idm.heldout_accuracy},
                 "frames_per_episode": int(expert[0].frames.shape[0]), "chunk_frames": expert[0].chunk_frames,
                 "models": {"slow": entry["weights"], "loop": entry["loop_weights"], "config": entry["config"]}}
