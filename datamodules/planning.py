@@ -78,7 +78,8 @@ class TaskClipDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         if not hasattr(self, "train_set"):
-            self.train_set = TaskClipDataset(TaskEpisodes(h.task, h.num_episodes, h.first_seed, **(h.task_kwargs or {})))
+            self.train_set = TaskClipDataset(TaskEpisodes(h.task, h.num_episodes, h.first_seed, progress=True,
+                                                          **(h.task_kwargs or {})))
             self.val_set = TaskClipDataset(TaskEpisodes(h.task, h.val_episodes, h.first_seed + h.num_episodes,
                                                         **(h.task_kwargs or {})))
 
@@ -102,7 +103,7 @@ class TaskLoopDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         if not hasattr(self, "episodes"):
-            self.episodes = TaskEpisodes(h.task, h.num_episodes, h.first_seed, **(h.task_kwargs or {}))
+            self.episodes = TaskEpisodes(h.task, h.num_episodes, h.first_seed, progress=True, **(h.task_kwargs or {}))
 
     def train_dataloader(self) -> DataLoader:
         from slowfast_vgen.systems.slowfast import slow_fast_dataloader

@@ -25,6 +25,10 @@ SHRINK = {
     "world_retrace_slow.yaml": ["--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"],
     # its init_weights come from step 1 of the recipe (tests/test_table2.py runs the whole recipe)
     "world_retrace_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
+    "object_return_slow.yaml": ["--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"],
+    "object_return_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
+    "path_retrace_slow.yaml": ["--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"],
+    "path_retrace_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
 }
 
 

@@ -91,3 +91,27 @@ def test_subgoal_sources_and_errors():
 
     result = PlanExecutor(ReplayGenerator(expert), ReplayIDM(expert, task.actions)).run(task, 1, subgoals=llm)
     assert result.subgoals == ["go left"] and seen == [(3, 16, 16), (3, 16, 16)]
+
+
+class StayIDM:
+    actions = ["stay"]
+
+    def infer(self, video):
+        return ["stay"] * (video.shape[0] - 1)
+
+
+def test_given_set_up_actions_run_verbatim_before_the_model_plans():
+    task = make_task("world-retrace", legs=3)
+    expert = task.record(5)
+    set_up = expert.steps[: expert.info["phase1_chunks"] * 4]
+    idle = PlanExecutor(ReplayGenerator(expert), StayIDM()).run(task, 5)  # a model that never moves
+    assert set(idle.executed) == {"stay"}
+    # with the expert's set-up (walk the path out), the same model is scored on the way back
+    result = PlanExecutor(ReplayGenerator(expert), StayIDM()).run(task, 5, given_actions=set_up)
+    assert result.executed == set_up + ["stay"] * len(set_up)
+    task.reset(5)
+    for a in result.executed:
+        task.step(a)
+    assert result.score == task.score() > 4.0
+    with pytest.raises(UserInputError, match="not whole chunks of 4"):
+        PlanExecutor(ReplayGenerator(expert), StayIDM()).run(task, 5, given_actions=set_up[:3])

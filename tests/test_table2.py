@@ -1,44 +1,77 @@
-"""Table 2 (long-horizon planning) end to end at tiny size: the recipe's three commands, on the built-in task."""
+"""Table 2 (long-horizon planning) end to end at tiny size: the recipe's training steps, then `sfvgen evaluate`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from slowfast_vgen.cli import main as sfvgen
 from testutils import REPO
 
+SMALL = ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "true", "--trainer.max_epochs", "1"]
 
-def test_table2_recipe_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+
+def train_recipe(prefix: str, episodes: int = 2) -> tuple[str, str]:
+    """Steps 1-2 of experiments/planning/README.md at tiny size (one epoch each); returns the exported weights."""
     exp = REPO / "experiments" / "planning"
-    small = ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-             "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "true"]
-    # 1: slow learning on expert episodes (fine-tunes the shipped world model), then export Phi
-    assert sfvgen(["fit", "-c", str(exp / "world_retrace_slow.yaml"), *small, "--trainer.max_epochs", "1",
-                   "--trainer.max_steps", "-1", "--trainer.limit_val_batches", "0",
-                   "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1", "--trainer.default_root_dir", "slow",
-                   "--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"]) in (0, None)
-    (ckpt,) = (tmp_path / "slow").rglob("*.ckpt")
-    assert sfvgen(["export", str(ckpt), "slow.safetensors"]) == 0
-    # 2: the slow-fast loop from it (one epoch over 2 episodes, per-sample Theta), then export Phi
-    assert sfvgen(["fit", "-c", str(exp / "world_retrace_loop.yaml"), *small, "--trainer.max_epochs", "1",
-                   "--trainer.default_root_dir", "loop", "--model.init_args.init_weights", "slow.safetensors",
-                   "--model.init_args.memory_dir", "loop/memory", "--data.init_args.num_episodes", "2"]) in (0, None)
-    (ckpt,) = (tmp_path / "loop").rglob("*.ckpt")
-    assert sfvgen(["export", str(ckpt), "loop.safetensors"]) == 0
-    # 3: Table 2: 2 test episodes per method, 2 sampling steps, FVD on
-    t = "benchmark.tasks.0"
-    assert sfvgen(["evaluate", "-c", str(REPO / "experiments" / "eval" / "table2_world.yaml"), "out=table2",
-                   f"{t}.weights=slow.safetensors", f"{t}.loop_weights=loop.safetensors", f"{t}.episodes=2",
-                   f"{t}.idm_episodes=6", f"{t}.idm_steps=60", "settings.steps=2"]) == 0
-    result = json.loads((tmp_path / "table2" / "table.json").read_text())
-    rows = {r["setting"]: r for r in result["rows"]}
-    assert list(rows) == ["Ours wo Temp-LoRA", "Ours wo Loop", "Ours"]
-    for r in rows.values():
-        assert r["episodes"] == 2 and r["metric"] >= 0 and r["FVD"] >= 0
-    (task,) = result["protocol"]["tasks"]
-    assert task["expert_metric"] == 0.0  # the scripted expert retraces its path exactly
-    assert 0 <= task["idm"]["heldout_accuracy"] <= 1
-    md = (tmp_path / "table2" / "table.md").read_text()
-    assert md.splitlines()[0].startswith("| task | Ours wo Temp-LoRA: dist. | Ours wo Temp-LoRA: FVD")
-    assert "| world-retrace |" in md
+    # 1: slow learning on expert episodes, then Phi as safetensors
+    assert sfvgen(["fit", "-c", str(exp / f"{prefix}_slow.yaml"), *SMALL, "--trainer.max_steps", "-1",
+                   "--trainer.limit_val_batches", "0", "--trainer.val_check_interval", "1.0",
+                   "--trainer.check_val_every_n_epoch", "1", "--trainer.default_root_dir", f"{prefix}/slow",
+                   "--data.init_args.num_episodes", str(episodes), "--data.init_args.val_episodes", "1"]) in (0, None)
+    assert sfvgen(["export", _ckpt(f"{prefix}/slow"), f"{prefix}/slow.safetensors"]) == 0
+    # 2: the slow-fast loop from it (per-sample Theta), then its Phi
+    assert sfvgen(["fit", "-c", str(exp / f"{prefix}_loop.yaml"), *SMALL, "--trainer.default_root_dir", f"{prefix}/loop",
+                   "--model.init_args.init_weights", f"{prefix}/slow.safetensors", "--model.init_args.memory_dir",
+                   f"{prefix}/loop/memory", "--data.init_args.num_episodes", str(episodes)]) in (0, None)
+    assert sfvgen(["export", _ckpt(f"{prefix}/loop"), f"{prefix}/loop.safetensors"]) == 0
+    return f"{prefix}/slow.safetensors", f"{prefix}/loop.safetensors"
+
+
+def _ckpt(folder: str) -> str:
+    (ckpt,) = Path(folder).rglob("*.ckpt")
+    return str(ckpt)
+
+
+def evaluate(config: str, weights: list[tuple[str, str]], episodes: int = 2) -> dict:
+    overrides = ["out=table2", "settings.steps=2"]
+    for i, (slow, loop) in enumerate(weights):
+        t = f"benchmark.tasks.{i}"
+        overrides += [f"{t}.weights={slow}", f"{t}.loop_weights={loop}", f"{t}.episodes={episodes}",
+                      f"{t}.idm_episodes=6", f"{t}.idm_steps=60"]
+    assert sfvgen(["evaluate", "-c", str(REPO / "experiments" / "eval" / config), *overrides]) == 0
+    return json.loads(Path("table2/table.json").read_text())
+
+
+def check_layout(result: dict, tasks: list[str], episodes: int) -> None:
+    methods = ["Ours wo Temp-LoRA", "Ours wo Loop", "Ours"]
+    assert [(r["task"], r["setting"]) for r in result["rows"]] == [(t, m) for t in tasks for m in methods]
+    for r in result["rows"]:
+        assert r["episodes"] == episodes and r["metric"] >= 0 and r["FVD"] >= 0
+    for task in result["protocol"]["tasks"]:
+        assert 0 <= task["idm"]["heldout_accuracy"] <= 1
+    md = Path("table2/table.md").read_text().splitlines()
+    assert md[0].startswith("| task | Ours wo Temp-LoRA: dist. | Ours wo Temp-LoRA: FVD")
+    assert [line.split("|")[1].strip() for line in md[2 : 2 + len(tasks)]] == tasks
+
+
+def test_table2_recipe_end_to_end_on_the_built_in_task(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = evaluate("table2_world.yaml", [train_recipe("world_retrace")])
+    check_layout(result, ["world-retrace"], episodes=2)
+    assert result["protocol"]["tasks"][0]["expert_metric"] == 0.0  # the scripted expert retraces exactly
+
+
+@pytest.mark.slow
+def test_table2_recipe_end_to_end_on_pybullet_and_vizdoom(tmp_path, monkeypatch):
+    pytest.importorskip("pybullet")
+    pytest.importorskip("vizdoom")
+    monkeypatch.chdir(tmp_path)
+    weights = [train_recipe("object_return", episodes=1), train_recipe("path_retrace", episodes=1)]
+    result = evaluate("table2_tasks.yaml", weights, episodes=1)
+    check_layout(result, ["object-return", "path-retrace"], episodes=1)
+    for task in result["protocol"]["tasks"]:
+        assert task["expert_metric"] < 0.05 if task["task"] == "object-return" else task["expert_metric"] < 5

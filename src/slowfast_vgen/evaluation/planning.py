@@ -6,7 +6,9 @@
 
 For each task: an inverse dynamics model is trained on recorded expert episodes (its held-out accuracy is
 reported), then ``episodes`` test episodes (seeds disjoint from the training ones) are executed with
-:class:`~slowfast_vgen.planning.executor.PlanExecutor`; the task metric (distance to waypoints / original
+:class:`~slowfast_vgen.planning.executor.PlanExecutor`; with ``settings.expert_set_up`` (default) the set-up
+subgoals (moving the cubes away, walking the path out) are executed with the expert's actions, so that the
+metric measures the return, which needs the memory of the episode; the task metric (distance to waypoints / original
 positions: lower is better) is averaged over episodes, and FVD compares the generated long videos with the
 expert's recorded videos of the same episodes (16-frame clips).
 """
@@ -89,6 +91,11 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
                          int(entry.get("idm_seed", 0)), expert, lr=float(entry.get("idm_lr", 2e-3)))
     env = make_task(name, **kwargs)
     real = real_fvd([ep.frames for ep in expert]) if settings.get("fvd", True) else None
+    set_up = bool(settings.get("expert_set_up", True))
+
+    def given(ep) -> list[str]:  # the set-up phase (move the cubes away, walk the path) as the expert did it
+        return ep.steps[: int(ep.info["phase1_chunks"]) * ep.chunk_frames] if set_up else []
+
     rows = []
     try:
         for method, weights_key, with_lora in METHODS:
@@ -98,7 +105,7 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
                                lr=float(settings.get("lr", 1e-4))) if with_lora else None
             system.generator.temp_lora = learner
             executor = PlanExecutor(system.generator, idm.model, condition_on=settings.get("condition_on", "observed"))
-            results = [executor.run(env, ep.seed) for ep in
+            results = [executor.run(env, ep.seed, given_actions=given(ep)) for ep in
                        tqdm(expert, desc=f"{name}: {method}", unit="episode", disable=not progress)]
             scores = [r.score for r in results]
             row = {"task": name, "setting": method, "metric": statistics.fmean(scores),
@@ -135,7 +142,8 @@ def run_table2(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any
     s = cfg["settings"]
     return rows, {"table": "table2", "tasks": protocols, "sampler_steps": int(s.get("steps", 20)),
                   "temp_lora": {"rank": int(s.get("rank", 32)), "lr": float(s.get("lr", 1e-4))},
-                  "condition_on": s.get("condition_on", "observed"), "fvd_clip_frames": FVD_FRAMES}
+                  "condition_on": s.get("condition_on", "observed"), "fvd_clip_frames": FVD_FRAMES,
+                  "expert_set_up": bool(s.get("expert_set_up", True))}
 
 
 def table2_markdown(rows: list[dict[str, Any]], protocol: dict[str, Any]) -> list[str]:

@@ -191,7 +191,7 @@ class PathRetraceTask:
             "task": self.name, "scenario": SCENARIO, "waypoints": [list(w) for w in rec.waypoints],
             "scored_waypoints": [list(w) for w in rec.waypoints[:-1]], "phase1_steps": phase1_steps,
             "phase1_chunks": phase1_chunks, "trajectory": [list(p) for p in self._trajectory],
-            "trajectory_names": ["x", "y", "z", "angle"], "score": self.score(), "metric": self.metric_name,
+            "trajectory_names": ["x", "y", "z", "angle"], "score": self.score(), "expert_score": self.score(), "metric": self.metric_name,
             "waypoint_radius": self.waypoint_radius,
         }
         return Episode(torch.stack(rec.frames), rec.texts, rec.steps, seed, first_frames=1, info=info)

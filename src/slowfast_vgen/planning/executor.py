@@ -10,6 +10,11 @@ environment. With a Temp-LoRA learner attached to the generator, Theta is update
 ``condition_on`` picks what the next chunk is conditioned on: ``"observed"`` (closed loop: the frames the
 environment showed while executing; default) or ``"generated"`` (open loop: the generated chunk, i.e. one
 long generated video, executed as it is planned).
+
+``given_actions``: primitive actions executed verbatim instead of the IDM's for the first subgoals (the task's
+set-up phase, e.g. moving the cubes away): a chunk is still generated for every subgoal (Temp-LoRA learns
+the episode as it unfolds), but the task score then measures only the memory-dependent remainder. Without
+it, a policy that never moves a cube would "return" it perfectly.
 """
 
 from __future__ import annotations
@@ -59,8 +64,12 @@ class PlanExecutor:
         self.generator, self.idm, self.condition_on, self.max_subgoals = generator, idm, condition_on, max_subgoals
 
     @torch.no_grad()
-    def run(self, task: PlanningTask, seed: int, subgoals: SubgoalSource | None = None, progress: bool = False) -> PlanResult:
+    def run(self, task: PlanningTask, seed: int, subgoals: SubgoalSource | None = None,
+            given_actions: list[str] | None = None, progress: bool = False) -> PlanResult:
         """Execute episode ``seed`` of ``task``; ``subgoals`` defaults to the task's scripted decomposition."""
+        given = list(given_actions or [])
+        if len(given) % task.chunk_frames:
+            raise UserInputError(f"given_actions: {len(given)} actions are not whole chunks of {task.chunk_frames}")
         unknown = sorted(set(self.idm.actions) - set(task.actions))
         if unknown:
             raise UserInputError(f"the inverse dynamics model predicts {unknown}, which task {task.name!r} does not "
@@ -83,8 +92,12 @@ class PlanExecutor:
                 break
             chunk = next(gen.stream(None, [goal], seed=stable_seed("plan", seed, len(done)), context_latents=context))
             frames = chunk.video[0].cpu()  # (f_g, C, H, W)
-            actions = self.idm.infer(torch.cat([observed[-1][None] if self.condition_on == "observed"
-                                                else generated[-1][None], frames]))
+            k = len(done) * task.chunk_frames
+            if k < len(given):  # the set-up phase: the expert's actions
+                actions = given[k : k + task.chunk_frames]
+            else:
+                actions = self.idm.infer(torch.cat([observed[-1][None] if self.condition_on == "observed"
+                                                    else generated[-1][None], frames]))
             seen = [task.step(a) for a in actions]
             generated += list(frames)
             observed += seen

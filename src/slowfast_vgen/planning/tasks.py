@@ -35,7 +35,11 @@ class Episode:
     steps: list[str]                # primitive action per transition (T - 1)
     seed: int
     first_frames: int = 1
-    info: dict[str, Any] = field(default_factory=dict)  # task ground truth (positions, waypoints, ...)
+    # task ground truth (positions, waypoints, ...); every task sets "expert_score" (score() after the expert's
+    # episode) and "phase1_chunks": how many leading subgoals set the task up (move the cubes away, walk the
+    # path); at planning time they may be executed with the expert's actions (``given_actions``) so that the
+    # score measures the memory-dependent part (putting back, retracing), which needs the set-up to have happened
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         t = self.frames.shape[0]

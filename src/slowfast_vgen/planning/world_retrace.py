@@ -92,7 +92,8 @@ class WorldRetraceTask:
         frames = [first] + [self.step(a) for a in steps]
         return Episode(frames=torch.stack(frames), actions=self.subgoals(), steps=steps, seed=seed,
                        info={"waypoints": self.waypoints(), "trajectory": list(self.trajectory),
-                             "expert_score": self.score()})
+                             "expert_score": self.score(), "phase1_chunks": self.legs,
+                             "phase1_steps": self.legs * self.chunk_frames})
 
     def close(self) -> None:
         pass
