@@ -124,3 +124,13 @@ def test_stopped_loop_resumes_to_the_same_phi(tmp_path):
     for name, value in full.items():
         assert torch.equal(value, resumed[name]), name
     assert any(not torch.equal(stopped[k], full[k]) for k in full)  # the last step did change Phi
+
+
+def test_gradient_checkpointing_on_a_unet3d_is_a_clear_error():
+    import pytest
+
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.systems import SlowLearningSystem
+
+    with pytest.raises(UserInputError, match="UNet3DConditionModel does not support it"):
+        SlowLearningSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), gradient_checkpointing=True)

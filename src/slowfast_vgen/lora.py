@@ -224,7 +224,7 @@ class TempLoRA:
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(self.params, grads)]
             grad_norm = float(torch.linalg.vector_norm(torch.stack([gr.norm() for gr in grads])))
-            record.loss, record.grad_norm = float(loss), grad_norm
+            record.loss, record.grad_norm = float(loss.detach()), grad_norm
             record.timesteps.append(int(t[0]))
             reason = self._guard(record.loss, grad_norm)
             if reason:

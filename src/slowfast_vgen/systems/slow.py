@@ -76,6 +76,11 @@ class SlowLearningSystem(L.LightningModule):
         if init_weights:
             load_unet_weights(self.unet, init_weights)
         if gradient_checkpointing:
+            if not getattr(self.unet, "_supports_gradient_checkpointing", False):
+                from slowfast_vgen.errors import UserInputError
+
+                raise UserInputError(f"gradient_checkpointing: {type(self.unet).__name__} does not support it in this "
+                                     "diffusers version (UNet3DConditionModel has no checkpointing in 0.42); set it false")
             self.unet.enable_gradient_checkpointing()
         if temporal_dropout is not None:
             set_temporal_dropout(self.unet, temporal_dropout)
