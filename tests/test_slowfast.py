@@ -86,7 +86,6 @@ def test_per_sample_lora_equals_applying_each_theta_alone(tmp_path):
     batched_grads = {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
     assert not any(".lora_" in n for n in batched_grads)  # Theta is frozen: gradients reach Phi only
     unet.zero_grad()
-    loss = 0
     for b in range(3):
         system.load_theta(thetas[b])  # Theta_b alone, sample b alone
         alone = unet(x[b : b + 1], t[b : b + 1], encoder_hidden_states=cond[b : b + 1]).sample
