@@ -1,4 +1,5 @@
-"""Writing videos (mp4 + GIF) and files atomically: nothing partial is ever left under a final name."""
+"""Writing videos (mp4 + GIF) and files atomically: nothing partial is ever left under a final name; finding
+the repository's own files (configs, shipped weights) from any working directory."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import numpy as np
 import torch
 
 from slowfast_vgen.errors import UserInputError
+
+REPO = Path(__file__).resolve().parents[2]  # the clone this package is installed from (editable install)
+
+
+def repo_path(path: str) -> str:
+    """``path`` as given if it exists or is absolute; else the same relative path in the repository, if there."""
+    if Path(path).exists() or Path(path).is_absolute() or not (REPO / path).exists():
+        return path
+    return str(REPO / path)
 
 
 @contextlib.contextmanager

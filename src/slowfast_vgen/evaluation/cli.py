@@ -29,9 +29,8 @@ from omegaconf import OmegaConf
 
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.evaluation import ablations
-from slowfast_vgen.io import atomic_path
+from slowfast_vgen.io import atomic_path, repo_path
 
-REPO = Path(__file__).resolve().parents[3]
 TABLES = ("table1", "table2", "table4", "table6_8", "table9")
 SCHEMA = {"table": str, "model": dict, "benchmark": dict, "settings": dict, "out": str}
 
@@ -52,9 +51,8 @@ def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
     entries = [cfg.get("model") or {}] + [t for t in (cfg.get("benchmark") or {}).get("tasks") or [] if isinstance(t, dict)]
     for entry in entries:  # relative paths: from the working directory, else the repository root
         for key in ("config", "weights", "loop_weights"):
-            value = entry.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists():
-                entry[key] = str(REPO / value)
+            if isinstance(entry.get(key), str):
+                entry[key] = repo_path(entry[key])
     for key in cfg:
         if key not in SCHEMA:
             raise UserInputError(f'evaluation config key "{key}" is not expected; expected one of {sorted(SCHEMA)}')

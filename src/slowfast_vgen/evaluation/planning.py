@@ -38,15 +38,12 @@ def check_task_entry(entry: dict[str, Any]) -> None:
             raise UserInputError(f"table2 task entry: {key!r} must be a string, got {entry.get(key)!r}")
 
 
-def train_task_idm(task: str, task_kwargs: dict, episodes: int, steps: int, seed: int, heldout: list,
-                   lr: float = 2e-3):
-    """An IDM trained on ``episodes`` expert episodes (seeds from ``seed``), scored on ``heldout`` episodes."""
-    from slowfast_vgen.datamodules.planning import TaskEpisodes
+def train_task_idm(env, episodes: int, steps: int, seed: int, heldout: list, lr: float = 2e-3):
+    """An IDM trained on ``episodes`` expert episodes of ``env`` (seeds from ``seed``), scored on ``heldout``."""
     from slowfast_vgen.planning.idm import frame_pairs, train_idm
-    from slowfast_vgen.planning.tasks import make_task
 
-    vocab = list(make_task(task, **task_kwargs).actions)
-    train = TaskEpisodes(task, episodes, seed, **task_kwargs).episodes
+    vocab = list(env.actions)
+    train = [env.record(seed + i) for i in range(episodes)]
     pairs = frame_pairs([e.frames for e in train], [e.steps for e in train], vocab)
     held = frame_pairs([e.frames for e in heldout], [e.steps for e in heldout], vocab)
     return train_idm(pairs, held, vocab, steps=steps, lr=lr, seed=seed)
@@ -77,7 +74,6 @@ def fvd(real_metric, generated: list[torch.Tensor]) -> float:
 
 def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = True) -> tuple[list[dict], dict]:
     """The three rows of Table 2 for one task, and the task's protocol."""
-    from slowfast_vgen.datamodules.planning import TaskEpisodes
     from slowfast_vgen.lora import TempLoRA
     from slowfast_vgen.planning.executor import PlanExecutor
     from slowfast_vgen.planning.tasks import make_task
@@ -86,20 +82,23 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
     check_task_entry(entry)
     name, kwargs = entry["task"], dict(entry.get("task_kwargs") or {})
     n, seed = int(entry.get("episodes", 4)), int(entry.get("seed", 100_000))
-    expert = TaskEpisodes(name, n, seed, **kwargs).episodes  # the test episodes, as the expert plays them
-    idm = train_task_idm(name, kwargs, int(entry.get("idm_episodes", 30)), int(entry.get("idm_steps", 300)),
-                         int(entry.get("idm_seed", 0)), expert, lr=float(entry.get("idm_lr", 2e-3)))
-    env = make_task(name, **kwargs)
-    real = real_fvd([ep.frames for ep in expert]) if settings.get("fvd", True) else None
-    set_up = bool(settings.get("expert_set_up", True))
-
-    def given(ep) -> list[str]:  # the set-up phase (move the cubes away, walk the path) as the expert did it
-        return ep.steps[: int(ep.info["phase1_chunks"]) * ep.chunk_frames] if set_up else []
-
+    env = make_task(name, **kwargs)  # one simulator for recording, IDM data and planning
     rows = []
     try:
+        expert = [env.record(seed + i) for i in range(n)]  # the test episodes, as the expert plays them
+        idm = train_task_idm(env, int(entry.get("idm_episodes", 30)), int(entry.get("idm_steps", 300)),
+                             int(entry.get("idm_seed", 0)), expert, lr=float(entry.get("idm_lr", 2e-3)))
+        real = real_fvd([ep.frames for ep in expert]) if settings.get("fvd", True) else None
+        set_up = bool(settings.get("expert_set_up", True))
+
+        def given(ep) -> list[str]:  # the set-up phase (move the cubes away, walk the path) as the expert did it
+            return ep.steps[: int(ep.info["phase1_chunks"]) * ep.chunk_frames] if set_up else []
+
+        systems: dict[str, Any] = {}  # the slow model serves two rows: load it once
         for method, weights_key, with_lora in METHODS:
-            system = load_system(entry["config"], entry[weights_key]).model.eval()
+            if weights_key not in systems:
+                systems[weights_key] = load_system(entry["config"], entry[weights_key]).model.eval()
+            system = systems[weights_key]
             system.sampler.num_inference_steps = int(settings.get("steps", 20))
             learner = TempLoRA(system.unet, system.diffusion, rank=int(settings.get("rank", 32)),
                                lr=float(settings.get("lr", 1e-4))) if with_lora else None
@@ -107,27 +106,26 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
             executor = PlanExecutor(system.generator, idm.model, condition_on=settings.get("condition_on", "observed"))
             results = [executor.run(env, ep.seed, given_actions=given(ep)) for ep in
                        tqdm(expert, desc=f"{name}: {method}", unit="episode", disable=not progress)]
+            if learner is not None:  # the base model again, exactly
+                system.generator.temp_lora = None
+                learner.remove()
             scores = [r.score for r in results]
             row = {"task": name, "setting": method, "metric": statistics.fmean(scores),
                    "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "episodes": len(results),
                    "rollbacks": sum(bool(u and u.rolled_back) for r in results for u in r.updates)}
-            if settings.get("fvd", True):
+            if real is not None:
                 row["FVD"] = fvd(real, [r.generated for r in results])
             rows.append(row)
     finally:
         env.close()
     protocol = {"task": name, "task_kwargs": kwargs, "metric": env.metric_name, "test_seeds": [seed, seed + n - 1],
-                "expert_metric": statistics.fmean(float(env_score(ep)) for ep in expert),
+                "expert_metric": statistics.fmean(float(ep.info["expert_score"]) for ep in expert),
                 "idm": {"train_episodes": int(entry.get("idm_episodes", 30)), "steps": idm.steps,
                         "lr": float(entry.get("idm_lr", 2e-3)),
                         "train_accuracy": idm.train_accuracy, "heldout_accuracy": idm.heldout_accuracy},
                 "frames_per_episode": int(expert[0].frames.shape[0]), "chunk_frames": expert[0].chunk_frames,
                 "models": {"slow": entry["weights"], "loop": entry["loop_weights"], "config": entry["config"]}}
     return rows, protocol
-
-
-def env_score(episode) -> float:
-    return float(episode.info.get("expert_score", float("nan")))
 
 
 def run_table2(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

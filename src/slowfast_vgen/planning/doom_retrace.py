@@ -187,11 +187,13 @@ class PathRetraceTask:
         self._plans.move_to_end(seed)
         while len(self._plans) > 64:
             self._plans.popitem(last=False)
+        score = self.score()
         info = {
             "task": self.name, "scenario": SCENARIO, "waypoints": [list(w) for w in rec.waypoints],
             "scored_waypoints": [list(w) for w in rec.waypoints[:-1]], "phase1_steps": phase1_steps,
             "phase1_chunks": phase1_chunks, "trajectory": [list(p) for p in self._trajectory],
-            "trajectory_names": ["x", "y", "z", "angle"], "score": self.score(), "expert_score": self.score(), "metric": self.metric_name,
+            "trajectory_names": ["x", "y", "z", "angle"], "score": score, "expert_score": score,
+            "metric": self.metric_name,
             "waypoint_radius": self.waypoint_radius,
         }
         return Episode(torch.stack(rec.frames), rec.texts, rec.steps, seed, first_frames=1, info=info)

@@ -8,6 +8,7 @@ are frozen, App. C.1), the diffusion process (:class:`MaskedDiffusion`, Eq. 1-2)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,7 +17,9 @@ from torch import nn
 
 from slowfast_vgen.datamodules.common import stable_seed
 from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
+from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator
+from slowfast_vgen.io import repo_path
 from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video
 
 FROZEN_PREFIXES = ("autoencoder.", "text_encoder.")
@@ -77,8 +80,6 @@ class SlowLearningSystem(L.LightningModule):
             load_unet_weights(self.unet, init_weights)
         if gradient_checkpointing:
             if not getattr(self.unet, "_supports_gradient_checkpointing", False):
-                from slowfast_vgen.errors import UserInputError
-
                 raise UserInputError(f"gradient_checkpointing: {type(self.unet).__name__} does not support it in this "
                                      "diffusers version (UNet3DConditionModel has no checkpointing in 0.42); set it false")
             self.unet.enable_gradient_checkpointing()
@@ -191,15 +192,9 @@ class SlowLearningSystem(L.LightningModule):
 
 def load_unet_weights(unet: nn.Module, path: str) -> None:
     """UNet weights from a safetensors file (data only), with a clear error for a missing or mismatched file."""
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
-    from slowfast_vgen.errors import UserInputError
-
-    repo = Path(__file__).resolve().parents[3]  # relative paths: from the working directory, else the repository
-    if not Path(path).is_file() and not Path(path).is_absolute() and (repo / path).is_file():
-        path = str(repo / path)
+    path = repo_path(path)  # relative paths: from the working directory, else the repository
     if not Path(path).is_file():
         raise UserInputError(f"UNet weights {str(path)!r} not found; expected a .safetensors file (sfvgen export)")
     try:

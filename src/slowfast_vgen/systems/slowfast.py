@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from slowfast_vgen.errors import UserInputError
@@ -42,12 +42,15 @@ class SlowDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        from safetensors import safe_open
+
         path, i = self.records[index]
-        tensors = load_file(path)  # data only (safetensors)
         meta = json.loads(Path(path).with_suffix(".json").read_text())
-        theta = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"theta.{i}.")}
-        return {"x": tensors[f"x.{i}"], "y": tensors[f"x.{i + 1}"], "action": meta["actions"][i],
-                "theta": theta, "seed": int(meta["seed"]) * 1000 + i}
+        with safe_open(path, "pt") as f:  # data only; reads this record's tensors, not the whole episode's
+            prefix = f"theta.{i}."
+            theta = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            x, y = f.get_tensor(f"x.{i}"), f.get_tensor(f"x.{i + 1}")
+        return {"x": x, "y": y, "action": meta["actions"][i], "theta": theta, "seed": int(meta["seed"]) * 1000 + i}
 
 
 class SlowFastLoopSystem(SlowLearningSystem):
