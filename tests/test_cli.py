@@ -71,3 +71,15 @@ def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
     assert export_main([str(ckpt), str(tmp_path / "unet.safetensors")]) == 0
     weights = load_file(str(tmp_path / "unet.safetensors"))
     assert weights and all(not k.startswith("unet.") for k in weights)
+    # the export remembers what the network predicts; loading it into a system that predicts otherwise fails clearly
+    from safetensors import safe_open
+
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.training import load_system
+
+    with safe_open(str(tmp_path / "unet.safetensors"), framework="pt") as f:
+        assert f.metadata()["prediction_type"] == "epsilon"
+    load_system(str(TINY), str(tmp_path / "unet.safetensors"))
+    with pytest.raises(UserInputError, match="trained with prediction_type 'epsilon'.*uses 'v_prediction'"):
+        load_system(str(TINY), str(tmp_path / "unet.safetensors"),
+                    overrides=["--model.init_args.diffusion.init_args.prediction_type", "v_prediction"])

@@ -145,3 +145,35 @@ def test_text_only_sampling_equals_diffusers_text_to_video_pipeline(unet):
     ).frames
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_prediction_types_train_and_sample_consistently(kind):
+    """The loss target follows ``prediction_type``, and a sampler built from the schedule reads the network's
+    output the same way: an oracle network for a one-point data distribution samples exactly that point."""
+    diffusion = MaskedDiffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, p_drop_image=0.0,
+                                p_drop_text=0.0, prediction_type=kind)
+    z0 = torch.rand(1, 3, 4, 2, 2) * 2 - 1
+    abar = diffusion.scheduler.alphas_cumprod
+
+    def oracle(z, t, c):  # the exact eps / v / z_0 for data == z0, on every frame
+        a = abar[t.long()].view(-1, 1, 1, 1, 1)
+        eps = (z - a.sqrt() * z0) / (1 - a).sqrt()
+        return {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * z0, "sample": z0.expand_as(z)}[kind]
+
+    loss, inputs = diffusion.training_loss(oracle, z0, torch.tensor([1]), torch.ones(1, 2, 8), torch.zeros(1, 2, 8),
+                                           torch.tensor([5]))
+    assert loss < 1e-8
+    assert torch.equal(diffusion.target(z0, inputs.noise, inputs.timesteps),
+                       {"epsilon": inputs.noise, "sample": z0}.get(kind, diffusion.scheduler.get_velocity(
+                           z0, inputs.noise, inputs.timesteps)))
+    sampler = ChunkSampler(diffusion.scheduler_config(), "dpm-solver", num_inference_steps=10)
+    assert sampler.scheduler.config.prediction_type == kind
+    out = sampler.sample(oracle, z0[:, :, :1], 3, torch.ones(1, 2, 8), torch.zeros(1, 2, 8),
+                         torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, z0, atol=1e-3, rtol=0)
+
+
+def test_unknown_prediction_type_is_a_clear_error():
+    with pytest.raises(UserInputError, match="prediction_type 'x0'"):
+        MaskedDiffusion(prediction_type="x0")

@@ -72,3 +72,8 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
     page = (out / "index.html").read_text()
     assert "SRC" in page and "episode_" in page and (out / "similarity.png").stat().st_size > 1000
     assert len(list((out / "videos").glob("*.mp4"))) == 2 and len(list((out / "videos").glob("*.gif"))) == 2
+    from PIL import Image
+
+    (strip, _) = sorted((out / "videos").glob("*_frames.png"))  # real / without / with, frames across
+    width, height = Image.open(strip).size  # 16-pixel frames + 1-pixel gaps, upscaled 4x
+    assert height == 3 * 17 * 4 and width % (17 * 4) == 0 and width > 17 * 4 and "_frames.png" in page

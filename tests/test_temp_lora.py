@@ -178,3 +178,7 @@ def test_merged_sampling_matches_and_restores_phi_exactly():
     torch.testing.assert_close(merged.latents, unmerged.latents, rtol=1e-4, atol=1e-4)
     after = base_state(gen2.unet)
     assert all(torch.equal(before[k], after[k]) for k in before)  # Phi bit-identical after merging
+    learner, n_layers = gen2.temp_lora, len(gen2.temp_lora.lora_layers())
+    with learner.merged():  # plain base layers stand in for the LoRA wrappers: a UNet call costs Phi's
+        assert n_layers > 0 and not learner.lora_layers()
+    assert len(learner.lora_layers()) == n_layers

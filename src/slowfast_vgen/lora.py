@@ -112,6 +112,8 @@ class TempLoRA:
             elif name in trainable:
                 p.requires_grad_(trainable[name])
         self.params = [p for n, p in unet.named_parameters() if ".lora_" in n and ADAPTER in n]
+        for p in self.params:  # Theta in float32 whatever Phi's precision: lr-1e-4 Adam steps vanish in fp16/bf16
+            p.data = p.data.float()
         self.history: list[UpdateRecord] = []
         self.chunks_seen = 0
         self.reset()
@@ -139,23 +141,34 @@ class TempLoRA:
     def merged(self) -> Iterator[None]:
         """Sample with Theta added into the wrapped weights (W + B A s): no LoRA cost per UNet call.
 
-        The original weights are kept as exact copies and copied back afterwards, so Phi stays
-        bit-identical; the outputs differ from the unmerged computation only by float rounding.
+        Inside, the plain base layers (holding W + B A s) stand in the UNet in place of their LoRA wrappers,
+        so a call costs what Phi alone costs. The original weights are kept as exact copies and copied back
+        afterwards, so Phi stays bit-identical; outputs differ from the unmerged computation only by float
+        rounding.
         """
-        saved = []
+        swapped = []
         with torch.no_grad():
-            for module in self.lora_layers():
+            for parent, child, module in self._lora_slots():
                 base = module.get_base_layer()
-                saved.append((base.weight, base.weight.detach().clone()))
+                swapped.append((parent, child, module, base.weight, base.weight.detach().clone()))
                 base.weight += module.get_delta_weight(ADAPTER).to(base.weight.dtype)
-        self.set_enabled(False)
+                setattr(parent, child, base)
         try:
             yield
         finally:
             with torch.no_grad():
-                for weight, copy in saved:
+                for parent, child, module, weight, copy in swapped:
                     weight.copy_(copy)
-            self.set_enabled(True)
+                    setattr(parent, child, module)
+
+    def _lora_slots(self) -> list[tuple[nn.Module, str, LoraLayer]]:
+        """(parent module, attribute name, LoRA layer) for every LoRA layer in the UNet."""
+        slots = []
+        for name, module in list(self.unet.named_modules()):
+            if isinstance(module, LoraLayer):
+                parent_name, _, child = name.rpartition(".")
+                slots.append((self.unet.get_submodule(parent_name) if parent_name else self.unet, child, module))
+        return slots
 
     @contextlib.contextmanager
     def per_sample(self, thetas: list[dict[str, torch.Tensor]]) -> Iterator[None]:
@@ -189,11 +202,8 @@ class TempLoRA:
 
     def remove(self) -> None:
         """Take the LoRA layers out of the UNet: it is the base model again, exactly."""
-        for name, module in list(self.unet.named_modules()):
-            if isinstance(module, LoraLayer):
-                parent_name, _, child = name.rpartition(".")
-                parent = self.unet.get_submodule(parent_name) if parent_name else self.unet
-                setattr(parent, child, module.get_base_layer())
+        for parent, child, module in self._lora_slots():
+            setattr(parent, child, module.get_base_layer())
         self.params = []
 
     # -- fast learning (Eq. 3, Alg. 1a lines 11-14) -----------------------------------------------------
@@ -260,7 +270,8 @@ class TempLoRA:
             cond = text
         with torch.enable_grad():
             pred = self.unet(noisy, t, encoder_hidden_states=cond.to(noisy.dtype)).sample
-            return masked_mse(pred, noise, n_ctx), t  # Alg. 1a l.13 (all frames unless "original")
+            target = self.diffusion.target(z0, noise, t)  # eps (paper), or v for a v-prediction model
+            return masked_mse(pred, target, n_ctx), t  # Alg. 1a l.13 (all frames unless "original")
 
     def _sample_window(self, z0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         seq = torch.cat(self._sequence, dim=2)  # (B, C, F_total, h, w) on CPU

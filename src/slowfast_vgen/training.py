@@ -135,7 +135,8 @@ def unet_state_from_checkpoint(path: str) -> dict[str, Any]:
             for k, v in checkpoint["state_dict"].items() if k.startswith("unet.") and ".lora_" not in k}
     if not unet:
         raise UserInputError(f"{path}: no `unet.*` weights; expected a SlowLearningSystem checkpoint")
-    return {"unet": unet, "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
+    return {"unet": unet, "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
+            "prediction_type": checkpoint.get("prediction_type")}
 
 
 def load_system(
@@ -149,7 +150,7 @@ def load_system(
     if weights:
         from slowfast_vgen.systems.slow import load_unet_weights
 
-        load_unet_weights(cli.model.unet, weights)
+        load_unet_weights(cli.model.unet, weights, cli.model.diffusion.scheduler.config.prediction_type)
     elif ckpt:
         cli.model.unet.load_state_dict(unet_state_from_checkpoint(ckpt)["unet"])
     return cli
@@ -170,6 +171,8 @@ def export_main(argv: list[str] | None = None) -> int:
     checkpoint = unet_state_from_checkpoint(args.ckpt)
     unet = checkpoint["unet"]
     meta = {"global_step": str(checkpoint["global_step"]), "epoch": str(checkpoint["epoch"])}
+    if checkpoint["prediction_type"]:  # checked when the weights are loaded into a system
+        meta["prediction_type"] = checkpoint["prediction_type"]
     with atomic_path(args.out) as tmp:
         save_file(unet, str(tmp), metadata=meta)
     print(f"{args.out}: {len(unet)} tensors, {sum(v.numel() for v in unet.values()):,} parameters, step {meta['global_step']}")

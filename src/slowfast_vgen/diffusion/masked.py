@@ -2,8 +2,10 @@
 
 The noise process is DDPM with 1000 steps (diffusers' ``DDPMScheduler`` supplies the schedule and
 ``add_noise``). The first ``f_p`` latent frames of each sample stay clean (Eq. 1), the last ``f_g`` are
-noised at one timestep per sample, and the epsilon-prediction loss is taken on the ``f_g`` frames only
-(Eq. 2). For three-way classifier-free guidance the image condition (the clean past frames, replaced by
+noised at one timestep per sample, and the loss is taken on the ``f_g`` frames only (Eq. 2). The paper
+(ModelScope) predicts the noise epsilon; ``prediction_type="v_prediction"`` (v = sqrt(abar) eps -
+sqrt(1 - abar) z_0) is the option for small pixel-space models: under epsilon prediction the loss barely
+weighs the clean frames' error at high noise, where such a model then learns to ignore the context. For three-way classifier-free guidance the image condition (the clean past frames, replaced by
 zeros) and the text condition (replaced by the empty prompt) are dropped independently.
 
 The network is handed in (``denoiser``), not owned: this module knows nothing of Lightning.
@@ -19,7 +21,8 @@ from diffusers import DDPMScheduler
 
 from slowfast_vgen.errors import UserInputError
 
-# denoiser(z_t (B, C, F, h, w), t (B,), text (B, L, D)) -> predicted noise (B, C, F, h, w)
+# denoiser(z_t (B, C, F, h, w), t (B,), text (B, L, D)) -> prediction (B, C, F, h, w): the noise, or v
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -63,6 +66,8 @@ class MaskedDiffusion:
         beta_schedule, beta_start, beta_end: the noise schedule (ModelScope: scaled_linear, 0.00085, 0.012).
         p_drop_image: probability of dropping the past-frames condition (paper: 0.05-0.1).
         p_drop_text: probability of dropping the text condition (paper: 0.1-0.15).
+        prediction_type: what the network predicts: ``"epsilon"`` (paper, ModelScope), ``"v_prediction"``
+            or ``"sample"`` (z_0). Samplers built from :meth:`scheduler_config` follow it.
     """
 
     def __init__(
@@ -73,7 +78,10 @@ class MaskedDiffusion:
         beta_end: float = 0.012,
         p_drop_image: float = 0.1,
         p_drop_text: float = 0.15,
+        prediction_type: str = "epsilon",
     ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise UserInputError(f"MaskedDiffusion: prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
         for name, p in (("p_drop_image", p_drop_image), ("p_drop_text", p_drop_text)):
             if not 0.0 <= p <= 1.0:
                 raise UserInputError(f"MaskedDiffusion: {name} must be in [0, 1], got {p}")
@@ -82,7 +90,7 @@ class MaskedDiffusion:
             beta_schedule=beta_schedule,
             beta_start=beta_start,
             beta_end=beta_end,
-            prediction_type="epsilon",
+            prediction_type=prediction_type,
         )
         self.num_train_timesteps = num_train_timesteps
         self.p_drop_image, self.p_drop_text = p_drop_image, p_drop_text
@@ -94,6 +102,13 @@ class MaskedDiffusion:
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Eq. 8: z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, one t per sample."""
         return self.scheduler.add_noise(z0, noise, t)
+
+    def target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network learns to predict at (z_0, eps, t): eps, v = sqrt(abar) eps - sqrt(1 - abar) z_0, or z_0."""
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        return self.scheduler.get_velocity(z0, noise, t) if kind == "v_prediction" else z0
 
     def prepare(
         self,
@@ -140,7 +155,7 @@ class MaskedDiffusion:
         seeds: torch.Tensor,
         cfg_dropout: bool = True,
     ) -> tuple[torch.Tensor, DiffusionInputs]:
-        """Eq. 2: || eps - eps_Phi(z_t, t, c) ||^2 on the f_g generated frames."""
+        """Eq. 2: || eps - eps_Phi(z_t, t, c) ||^2 on the f_g generated frames (or v / z_0, ``prediction_type``)."""
         inputs = self.prepare(z0, n_context, text, null_text, seeds, cfg_dropout)
         pred = denoiser(inputs.noisy, inputs.timesteps, inputs.text)
-        return masked_mse(pred, inputs.noise, n_context), inputs
+        return masked_mse(pred, self.target(z0, inputs.noise, inputs.timesteps), n_context), inputs

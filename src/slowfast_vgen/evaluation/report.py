@@ -1,7 +1,7 @@
 """The revisit report: side-by-side videos, a table with spread over episodes, a similarity plot, settings.
 
 Written as ``index.html`` (opens in a browser), ``report.md``, ``results.json``, ``similarity.png`` and
-``videos/`` (mp4 + GIF). Every number comes from the run that wrote the report.
+``videos/`` (mp4 + GIF, and a PNG filmstrip per episode: real / without / with Temp-LoRA, frame by frame). Every number comes from the run that wrote the report.
 """
 
 from __future__ import annotations
@@ -57,6 +57,18 @@ def plot_similarity(path: Path, runs: dict[str, list[EpisodeResult]]) -> None:
     plt.close(fig)
 
 
+def write_filmstrip(path: Path, rows: list[torch.Tensor], upscale: int = 4) -> None:
+    """Rows of frames (each (T, C, H, W) in [0, 1]) as one PNG, frames across, 1-pixel white gaps."""
+    from PIL import Image
+
+    strips = [torch.cat([torch.nn.functional.pad(f.clamp(0, 1), (0, 1, 0, 1), value=1.0) for f in r], dim=2)
+              for r in rows]  # (C, H + 1, T * (W + 1)) each
+    grid = torch.nn.functional.interpolate(torch.cat(strips, dim=1)[None], scale_factor=upscale, mode="nearest")[0]
+    pixels = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="png")
+
+
 def write_report(
     out: str | Path, without: list[EpisodeResult], with_lora: list[EpisodeResult], settings: dict[str, Any],
     upscale: int = 8, fps: int = 6,
@@ -67,6 +79,7 @@ def write_report(
     for a, b in zip(without, with_lora):
         side = torch.cat([a.real, a.video, b.video], dim=3)  # (T, C, H, 3W): real | without | with
         write_video(out / "videos" / f"episode_{a.seed}", side, fps=fps, upscale=upscale)
+        write_filmstrip(out / "videos" / f"episode_{a.seed}_frames.png", [a.real, a.video, b.video], upscale // 2 or 1)
         rows.append(a.seed)
     summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
     diffs = {k: paired_difference(with_lora, without, k) for k in HIGHER_IS_BETTER}
@@ -98,6 +111,8 @@ def write_report(
         "## Did Temp-LoRA help on this model?", "",
         *[f"- **{k}**: {verdicts[k]} (paired difference {diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}, "
           f"t = {diffs[k]['t']:.2f}, n = {n})" for k in HIGHER_IS_BETTER], "",
+        "## Frame by frame", "",
+        *[f"![episode {seed}: real / without / with Temp-LoRA](videos/episode_{seed}_frames.png)" for seed in rows], "",
         "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
     ]
     with atomic_path(out / "report.md") as tmp:
@@ -115,15 +130,19 @@ def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str],
         f'<figure><img src="videos/episode_{s}.gif" alt="episode {s}"><figcaption>episode {s}: real | without | '
         f'with Temp-LoRA (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
     )
+    strips = "".join(
+        f'<figure><img class="strip" src="videos/episode_{s}_frames.png" alt="episode {s} frames"><figcaption>episode '
+        f'{s}, frame by frame: real / without / with Temp-LoRA</figcaption></figure>' for s in seeds
+    )
     verdict_items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in verdicts.items())
     settings = html.escape(json.dumps(json.loads((out / "results.json").read_text())["settings"], indent=2))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SlowFast-VGen demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:6px}}
-figure img{{image-rendering:pixelated;width:384px}}</style></head><body>
+figure img{{image-rendering:pixelated;width:384px}}figure img.strip{{width:auto;max-width:1080px}}</style></head><body>
 <h1>Revisit benchmark: with and without Temp-LoRA</h1><p>{html.escape(lines[2])}</p>
 <table><tr>{cells}</tr>{trs}</table><h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>
 <h2>Similarity to the first visit over time</h2><img style="display:block;width:640px" src="similarity.png">
-<h2>Videos</h2><div>{videos}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""
+<h2>Videos</h2><div>{videos}</div><h2>Frame by frame</h2><div>{strips}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""
     with atomic_path(out / "index.html") as tmp:
         tmp.write_text(page)

@@ -77,7 +77,7 @@ class SlowLearningSystem(L.LightningModule):
             thresholding=thresholding,
         )
         if init_weights:
-            load_unet_weights(self.unet, init_weights)
+            load_unet_weights(self.unet, init_weights, self.diffusion.scheduler.config.prediction_type)
         if gradient_checkpointing:
             if not getattr(self.unet, "_supports_gradient_checkpointing", False):
                 raise UserInputError(f"gradient_checkpointing: {type(self.unet).__name__} does not support it in this "
@@ -171,6 +171,7 @@ class SlowLearningSystem(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
             del state[key]
+        checkpoint["prediction_type"] = self.diffusion.scheduler.config.prediction_type  # kept by `sfvgen export`
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         own = self.state_dict()
@@ -190,13 +191,23 @@ class SlowLearningSystem(L.LightningModule):
         return self.decode_latents(z)
 
 
-def load_unet_weights(unet: nn.Module, path: str) -> None:
-    """UNet weights from a safetensors file (data only), with a clear error for a missing or mismatched file."""
+def load_unet_weights(unet: nn.Module, path: str, prediction_type: str | None = None) -> None:
+    """UNet weights from a safetensors file (data only), with a clear error for a missing or mismatched file.
+
+    ``prediction_type``: what the loading system's diffusion predicts; checked against the file's metadata
+    (written by ``sfvgen export``) where it has one: epsilon weights read as v (or back) sample garbage.
+    """
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = repo_path(path)  # relative paths: from the working directory, else the repository
     if not Path(path).is_file():
         raise UserInputError(f"UNet weights {str(path)!r} not found; expected a .safetensors file (sfvgen export)")
+    with safe_open(str(path), framework="pt") as f:
+        trained = (f.metadata() or {}).get("prediction_type")
+    if prediction_type and trained and trained != prediction_type:
+        raise UserInputError(f"UNet weights {str(path)!r} were trained with prediction_type {trained!r}, but this "
+                             f"config's diffusion uses {prediction_type!r}; set model.diffusion.prediction_type: {trained}")
     try:
         unet.load_state_dict(load_file(str(path)))
     except RuntimeError as err:

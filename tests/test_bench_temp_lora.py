@@ -1,0 +1,38 @@
+"""``sfvgen bench temp-lora`` (Table 3's cost measurement): both modes run, in pixel and in latent space."""
+
+import pytest
+
+from slowfast_vgen.generation.bench import PRESETS, run_mode
+
+
+def test_pixel_preset_reports_time_and_memory_per_mode():
+    for with_lora in (False, True):
+        r = run_mode("tiny", with_lora, chunks=2, steps=1, rank=4, device="cpu")
+        assert r["chunks"] == 2 and r["seconds_per_chunk"] > 0 and r["peak_memory_mb"] > 0
+        assert set(r["memory_mb_at_chunk"]) == {2}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_latent_presets_run_without_an_autoencoder_in_any_precision(dtype):
+    """The ModelScope preset's path (random clean latents, no decoding, half precision on a GPU), on the tiny UNet."""
+    assert PRESETS["modelscope"]["latent"] == (4, 32) and PRESETS["modelscope"]["unet"] == "modelscope"
+    cfg = dict(unet="tiny", latent=(12, 8), embed=32, chunk=2, context=2)
+    r = run_mode(cfg, True, chunks=2, steps=1, rank=4, device="cpu", merge=True, dtype=dtype)
+    assert r["chunks"] == 2 and r["seconds_per_chunk"] > 0
+
+
+def test_theta_stays_float32_under_a_half_precision_unet():
+    import torch
+
+    from slowfast_vgen.lora import TempLoRA
+    from slowfast_vgen.models import build_unet3d
+
+    unet = build_unet3d("tiny").to(torch.bfloat16)
+    learner = TempLoRA(unet, rank=4, lr=1e-3)
+    assert learner.params and {p.dtype for p in learner.params} == {torch.float32}
+    z, null = torch.randn(1, 12, 4, 8, 8, dtype=torch.bfloat16), torch.randn(1, 4, 32)
+    before = [p.detach().clone() for p in learner.params]
+    learner.update(z[:, :, :2], z[:, :, 2:], null)
+    learner.update(z[:, :, :2], z[:, :, 2:], null)  # B != 0 after the first: A moves too
+    assert all(not torch.equal(a, p) for a, p in zip(before, learner.params))
+    assert all(p.dtype == torch.float32 for n, p in unet.named_parameters() if "lora_" in n)
