@@ -83,3 +83,6 @@ def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
     with pytest.raises(UserInputError, match="trained with prediction_type 'epsilon'.*uses 'v_prediction'"):
         load_system(str(TINY), str(tmp_path / "unet.safetensors"),
                     overrides=["--model.init_args.diffusion.init_args.prediction_type", "v_prediction"])
+    with pytest.raises(UserInputError, match="checkpoint .* trained with prediction_type 'epsilon'"):
+        load_system(str(TINY), ckpt=str(ckpt),
+                    overrides=["--model.init_args.diffusion.init_args.prediction_type", "v_prediction"])

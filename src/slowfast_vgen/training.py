@@ -150,9 +150,13 @@ def load_system(
     if weights:
         from slowfast_vgen.systems.slow import load_unet_weights
 
-        load_unet_weights(cli.model.unet, weights, cli.model.diffusion.scheduler.config.prediction_type)
+        load_unet_weights(cli.model.unet, weights, cli.model.diffusion.prediction_type)
     elif ckpt:
-        cli.model.unet.load_state_dict(unet_state_from_checkpoint(ckpt)["unet"])
+        from slowfast_vgen.systems.slow import check_prediction_type
+
+        state = unet_state_from_checkpoint(ckpt)
+        check_prediction_type(state["prediction_type"], cli.model.diffusion.prediction_type, f"checkpoint {ckpt!r}")
+        cli.model.unet.load_state_dict(state["unet"])
     return cli
 
 

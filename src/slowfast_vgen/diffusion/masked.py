@@ -5,8 +5,9 @@ The noise process is DDPM with 1000 steps (diffusers' ``DDPMScheduler`` supplies
 noised at one timestep per sample, and the loss is taken on the ``f_g`` frames only (Eq. 2). The paper
 (ModelScope) predicts the noise epsilon; ``prediction_type="v_prediction"`` (v = sqrt(abar) eps -
 sqrt(1 - abar) z_0) is the option for small pixel-space models: under epsilon prediction the loss barely
-weighs the clean frames' error at high noise, where such a model then learns to ignore the context. For three-way classifier-free guidance the image condition (the clean past frames, replaced by
-zeros) and the text condition (replaced by the empty prompt) are dropped independently.
+weighs the clean frames' error at high noise, where such a model then learns to ignore the context.
+For three-way classifier-free guidance the image condition (the clean past frames, replaced by zeros) and
+the text condition (replaced by the empty prompt) are dropped independently.
 
 The network is handed in (``denoiser``), not owned: this module knows nothing of Lightning.
 """
@@ -103,12 +104,15 @@ class MaskedDiffusion:
         """Eq. 8: z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, one t per sample."""
         return self.scheduler.add_noise(z0, noise, t)
 
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
     def target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network learns to predict at (z_0, eps, t): eps, v = sqrt(abar) eps - sqrt(1 - abar) z_0, or z_0."""
-        kind = self.scheduler.config.prediction_type
-        if kind == "epsilon":
+        if self.prediction_type == "epsilon":
             return noise
-        return self.scheduler.get_velocity(z0, noise, t) if kind == "v_prediction" else z0
+        return self.scheduler.get_velocity(z0, noise, t) if self.prediction_type == "v_prediction" else z0
 
     def prepare(
         self,

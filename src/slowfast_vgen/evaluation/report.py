@@ -1,7 +1,8 @@
 """The revisit report: side-by-side videos, a table with spread over episodes, a similarity plot, settings.
 
 Written as ``index.html`` (opens in a browser), ``report.md``, ``results.json``, ``similarity.png`` and
-``videos/`` (mp4 + GIF, and a PNG filmstrip per episode: real / without / with Temp-LoRA, frame by frame). Every number comes from the run that wrote the report.
+``videos/`` (mp4 + GIF, and a PNG filmstrip per episode: real / without / with Temp-LoRA, frame by frame).
+Every number comes from the run that wrote the report.
 """
 
 from __future__ import annotations

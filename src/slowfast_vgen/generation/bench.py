@@ -100,15 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("without", "with"):
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
                "--preset", args.preset, "--chunks", str(args.chunks), "--steps", str(args.steps),
-               "--rank", str(args.rank), "--device", args.device, "--dtype", args.dtype, *(["--merge"] if args.merge else [])]
+               "--rank", str(args.rank), "--device", args.device, "--dtype", args.dtype,
+               *(["--merge"] if args.merge else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     w, wo = results["with"], results["without"]
     print(json.dumps({
         "bench": "temp-lora", "preset": args.preset, "device": args.device,
         "settings": {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
-                     "rank": args.rank, "updates_per_chunk": 1, "dtype": args.dtype, "merge_for_sampling": args.merge, "chunk_frames": PRESETS[args.preset]["chunk"],
-                     "context_frames": PRESETS[args.preset]["context"]},
+                     "rank": args.rank, "updates_per_chunk": 1, "dtype": args.dtype, "merge_for_sampling": args.merge,
+                     "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]},
         "without_temp_lora": wo, "with_temp_lora": w,
         "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),
         "memory_ratio": round(w["peak_memory_mb"] / wo["peak_memory_mb"], 4),

@@ -77,7 +77,7 @@ class SlowLearningSystem(L.LightningModule):
             thresholding=thresholding,
         )
         if init_weights:
-            load_unet_weights(self.unet, init_weights, self.diffusion.scheduler.config.prediction_type)
+            load_unet_weights(self.unet, init_weights, self.diffusion.prediction_type)
         if gradient_checkpointing:
             if not getattr(self.unet, "_supports_gradient_checkpointing", False):
                 raise UserInputError(f"gradient_checkpointing: {type(self.unet).__name__} does not support it in this "
@@ -171,7 +171,7 @@ class SlowLearningSystem(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
             del state[key]
-        checkpoint["prediction_type"] = self.diffusion.scheduler.config.prediction_type  # kept by `sfvgen export`
+        checkpoint["prediction_type"] = self.diffusion.prediction_type  # kept by `sfvgen export`
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         own = self.state_dict()
@@ -198,21 +198,25 @@ def load_unet_weights(unet: nn.Module, path: str, prediction_type: str | None = 
     (written by ``sfvgen export``) where it has one: epsilon weights read as v (or back) sample garbage.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = repo_path(path)  # relative paths: from the working directory, else the repository
     if not Path(path).is_file():
         raise UserInputError(f"UNet weights {str(path)!r} not found; expected a .safetensors file (sfvgen export)")
     with safe_open(str(path), framework="pt") as f:
-        trained = (f.metadata() or {}).get("prediction_type")
-    if prediction_type and trained and trained != prediction_type:
-        raise UserInputError(f"UNet weights {str(path)!r} were trained with prediction_type {trained!r}, but this "
-                             f"config's diffusion uses {prediction_type!r}; set model.diffusion.prediction_type: {trained}")
+        check_prediction_type((f.metadata() or {}).get("prediction_type"), prediction_type, f"UNet weights {str(path)!r}")
+        state = {k: f.get_tensor(k) for k in f.keys()}
     try:
-        unet.load_state_dict(load_file(str(path)))
+        unet.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise UserInputError(f"UNet weights {str(path)!r} do not fit this UNet preset: {first}") from None
+
+
+def check_prediction_type(trained: str | None, expected: str | None, source: str) -> None:
+    """Weights trained to predict one thing (epsilon, v, z_0) sample garbage when read as another."""
+    if trained and expected and trained != expected:
+        raise UserInputError(f"{source} were trained with prediction_type {trained!r}, but this config's diffusion "
+                             f"uses {expected!r}; set model.diffusion.prediction_type: {trained}")
 
 
 def set_temporal_dropout(unet: nn.Module, p: float) -> None:
