@@ -182,8 +182,9 @@ def revisit_episode(
 
     Returns the first frame ``first`` (1, C, V, V), the chunk-level ``actions`` (``chunks_out`` times a move,
     then as many times its reverse), the real frames ``frames`` (T, C, V, V) including the first one,
-    ``positions`` (T, 2), and ``revisits``: groups (first visit, [later visits]) of frame indices at the
-    same position, at least ``min_gap`` frames apart (beyond the context window, so memory is needed).
+    ``positions`` (T, 2) on a torus of side ``world_size``, and ``revisits``: groups (first visit, [later
+    visits]) of frame indices at the same position, at least ``min_gap`` frames apart (beyond the context
+    window, so memory is needed).
     """
     rng = np.random.default_rng(stable_seed("revisit", seed))
     world = World(seed=int(rng.integers(1 << 31)), cells=cells, cell_size=cell_size, view_size=view_size)
@@ -205,6 +206,7 @@ def revisit_episode(
         "positions": torch.from_numpy(positions),
         "revisits": sorted(groups.items()),
         "seed": seed,
+        "world_size": world.size,
     }
 
 

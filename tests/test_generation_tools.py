@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from slowfast_vgen.callbacks import TempLoRA
 from slowfast_vgen.datamodules.world import WorldRevisitDataset, collate_episode, revisit_episode
+from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
 from slowfast_vgen.systems import SlowLearningSystem
 
@@ -29,6 +30,22 @@ def test_revisit_episode_ground_truth_is_exact():
         for j in laters:
             assert torch.equal(ep["positions"][first], ep["positions"][j])
             assert torch.equal(ep["frames"][first], ep["frames"][j]) and j - first >= 4
+
+
+def test_action_following_scores_the_real_video_zero_and_a_frozen_one_badly():
+    from slowfast_vgen.evaluation.revisit import action_following
+
+    ep = revisit_episode(3, chunk_frames=2, chunks_out=3, min_gap=4)
+    real = action_following(ep["frames"], ep["positions"], ep["world_size"])
+    assert real["Motion MSE"] == 0.0 and real["Still MSE"] > 0.01
+    frozen = ep["frames"][:1].expand_as(ep["frames"])  # ignores every action
+    stuck = action_following(frozen, ep["positions"], ep["world_size"])
+    assert stuck["Still MSE"] == 0.0 and stuck["Motion MSE"] > 0.01
+    mirrored = (2 * ep["positions"][0] - ep["positions"]) % ep["world_size"]  # every step the other way
+    backwards = action_following(ep["frames"], mirrored, ep["world_size"])
+    assert backwards["Motion MSE"] > 0.01
+    with pytest.raises(UserInputError, match="one position per frame"):
+        action_following(ep["frames"], ep["positions"][:3], ep["world_size"])
 
 
 def test_temp_lora_callback_during_predict_saves_memory_and_restores_the_base(tmp_path):
@@ -69,8 +86,9 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"without Temp-LoRA", "with Temp-LoRA"}
     assert len(results["episodes"]) == 2 and results["settings"]["steps"] == 2
+    assert {"Motion MSE", "Still MSE"} <= set(results["summary"]["with Temp-LoRA"])
     page = (out / "index.html").read_text()
-    assert "SRC" in page and "episode_" in page and (out / "similarity.png").stat().st_size > 1000
+    assert "SRC" in page and "episode_" in page and "Motion MSE" in page and (out / "similarity.png").stat().st_size > 1000
     assert len(list((out / "videos").glob("*.mp4"))) == 2 and len(list((out / "videos").glob("*.gif"))) == 2
     from PIL import Image
 

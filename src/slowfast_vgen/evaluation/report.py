@@ -102,31 +102,57 @@ def write_report(
     table.append("| with − without (paired) | " + " | ".join(
         f"{diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}" for k in HIGHER_IS_BETTER) + " |")
     n = len(without)
+    motion = _motion_table(summary)
     lines = [
         "# Revisit benchmark: with and without Temp-LoRA", "",
         f"{n} episodes of the built-in world: each leaves its start and comes back along the same path. "
         "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a "
         "place and later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): "
-        "generated vs real frames at the revisited frames.", "",
+        "generated vs real frames at the revisited frames. Places beyond the first view are ones the model has never "
+        "been shown: at best it can come back to what it generated itself, so PSNR/SSIM against the real frames stay "
+        "low there even for a perfect memory; SRC compares the video with itself.", "",
         *table, "",
         "## Did Temp-LoRA help on this model?", "",
         *[f"- **{k}**: {verdicts[k]} (paired difference {diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}, "
           f"t = {diffs[k]['t']:.2f}, n = {n})" for k in HIGHER_IS_BETTER], "",
+        "## Does the model follow the actions?", "",
+        MOTION_TEXT, "",
+        *motion, "",
         "## Frame by frame", "",
         *[f"![episode {seed}: real / without / with Temp-LoRA](videos/episode_{seed}_frames.png)" for seed in rows], "",
         "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
     ]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
-    _write_html(out, lines, rows, table, verdicts)
+    _write_html(out, lines, rows, table, motion, verdicts)
     return out / "index.html"
 
 
-def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str], verdicts: dict[str, str]) -> None:
+MOTION_TEXT = (
+    "Motion MSE: each generated frame against the previous one moved by the camera step of its action, on the "
+    "pixels both show (the real video scores 0). Still MSE: against the previous frame unmoved, what a model that "
+    "ignored the action would score. Motion well below Still means the video moves as it is told."
+)
+
+
+def _motion_table(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    keys = ["Motion MSE", "Still MSE"]
+    table = ["| | Motion MSE ↓ | Still MSE (no-motion baseline) |", "|---|---|---|"]
+    for name, stats in summary.items():
+        table.append(f"| {name} | " + " | ".join(f"{stats[k]['mean']:.4f} ± {stats[k]['std']:.4f}" for k in keys) + " |")
+    return table
+
+
+def _html_table(table: list[str]) -> str:
     head = table[0].strip("|").split("|")
     body_rows = [r.strip("|").split("|") for r in table[2:]]
     cells = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body_rows)
+    return f"<table><tr>{cells}</tr>{trs}</table>"
+
+
+def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str], motion: list[str],
+                verdicts: dict[str, str]) -> None:
     videos = "".join(
         f'<figure><img src="videos/episode_{s}.gif" alt="episode {s}"><figcaption>episode {s}: real | without | '
         f'with Temp-LoRA (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
@@ -142,7 +168,8 @@ def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str],
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:6px}}
 figure img{{image-rendering:pixelated;width:384px}}figure img.strip{{width:auto;max-width:1080px}}</style></head><body>
 <h1>Revisit benchmark: with and without Temp-LoRA</h1><p>{html.escape(lines[2])}</p>
-<table><tr>{cells}</tr>{trs}</table><h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>
+{_html_table(table)}<h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>
+<h2>Does the model follow the actions?</h2><p>{html.escape(MOTION_TEXT)}</p>{_html_table(motion)}
 <h2>Similarity to the first visit over time</h2><img style="display:block;width:640px" src="similarity.png">
 <h2>Videos</h2><div>{videos}</div><h2>Frame by frame</h2><div>{strips}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""
     with atomic_path(out / "index.html") as tmp:

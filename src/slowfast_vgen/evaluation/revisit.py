@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from slowfast_vgen.callbacks import TempLoRA
+from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.metrics import PSNR, SSIM, SceneCuts, SceneRevisitConsistency
 
 
@@ -64,14 +65,43 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
             feats[k] = f
         similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
                       for i, js in revisits for j in js]
+        following = action_following(video.clamp(0, 1), torch.as_tensor(ep["positions"]), int(ep["world_size"]))
         updates = [u for u in out.get("updates", []) if u is not None]
         results.append(EpisodeResult(
             seed=int(ep["seed"]), video=video, real=real, revisits=revisits,
             scores={"SRC": 100 * src_score, "SCuts": float(cuts.compute()), "PSNR": float(psnr.compute()),
-                    "SSIM": float(ssim.compute())},
+                    "SSIM": float(ssim.compute()), **following},
             similarity=sorted(similarity), rollbacks=sum(u.rolled_back for u in updates),
         ))
     return results
+
+
+def action_following(video: torch.Tensor, positions: torch.Tensor, world_size: int) -> dict[str, float]:
+    """Does the video move as its actions say? Mean squared error of each frame against the previous frame
+    moved by the camera step between them ("Motion MSE": the real video scores 0), and against the previous
+    frame unmoved ("Still MSE": what a model that ignores the action would score), on the pixels both frames
+    show. Needs only the camera positions, so the content a model invents for unseen places is not held
+    against it (it cannot know it); ``video`` (T, C, V, V), ``positions`` (T, 2) as (x, y) on a torus.
+    """
+    if video.shape[0] != positions.shape[0] or video.shape[0] < 2:
+        raise UserInputError(f"action_following: need >= 2 frames and one position per frame, got {video.shape[0]} "
+                             f"frames and {positions.shape[0]} positions")
+    view = video.shape[-1]
+    motion, still = [], []
+    for t in range(1, video.shape[0]):
+        dx, dy = ((int(positions[t, k]) - int(positions[t - 1, k]) + world_size // 2) % world_size - world_size // 2
+                  for k in range(2))
+        if abs(dx) >= view or abs(dy) >= view:
+            continue  # no overlap: nothing to check
+        # pixel (r, c) of frame t shows what pixel (r + dy, c + dx) of frame t - 1 showed
+        rows, cols = slice(max(0, -dy), view - max(0, dy)), slice(max(0, -dx), view - max(0, dx))
+        prev_rows, prev_cols = slice(max(0, dy), view - max(0, -dy)), slice(max(0, dx), view - max(0, -dx))
+        now = video[t, :, rows, cols].float()
+        motion.append(float(((now - video[t - 1, :, prev_rows, prev_cols].float()) ** 2).mean()))
+        still.append(float(((now - video[t - 1, :, rows, cols].float()) ** 2).mean()))
+    if not motion:
+        raise UserInputError("action_following: no two consecutive frames overlap (camera steps >= the view size)")
+    return {"Motion MSE": statistics.fmean(motion), "Still MSE": statistics.fmean(still)}
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, dict[str, float]]:
