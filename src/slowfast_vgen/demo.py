@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     page = write_report(args.out, without, with_lora, settings)
     summary = json.loads((args.out / "results.json").read_text())["summary"]
     for name, stats in summary.items():
-        print(f"{name:>18}: " + ", ".join(f"{k} {v['mean']:.2f}±{v['std']:.2f}" for k, v in stats.items()))
+        digits = {k: 4 if "MSE" in k else 2 for k in stats}  # MSEs of [0, 1] pixels are small numbers
+        print(f"{name:>18}: " + ", ".join(f"{k} {v['mean']:.{digits[k]}f}±{v['std']:.{digits[k]}f}"
+                                          for k, v in stats.items()))
     print(f"report: {page.resolve()}")
     print(f"videos: {(args.out / 'videos').resolve()} (mp4 + GIF)")
     print(f"done in {settings['seconds']} s")
