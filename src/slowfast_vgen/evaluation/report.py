@@ -21,6 +21,12 @@ HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True}
 # Smallest differences worth reporting as an effect (units of the table: x100 for SRC and SSIM, dB for PSNR).
 MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5}
 
+MOTION_TEXT = (
+    "Motion MSE: each generated frame against the previous one moved by the camera step of its action, on the "
+    "pixels both show (the real video scores 0). Still MSE: against the previous frame unmoved, what a model that "
+    "ignored the action would score. Motion well below Still means the video moves as it is told."
+)
+
 
 def verdict(diff: dict[str, float], key: str) -> str:
     """Plain words for a paired difference (with - without Temp-LoRA)."""
@@ -126,13 +132,6 @@ def write_report(
         tmp.write_text("\n".join(lines))
     _write_html(out, lines, rows, table, motion, verdicts)
     return out / "index.html"
-
-
-MOTION_TEXT = (
-    "Motion MSE: each generated frame against the previous one moved by the camera step of its action, on the "
-    "pixels both show (the real video scores 0). Still MSE: against the previous frame unmoved, what a model that "
-    "ignored the action would score. Motion well below Still means the video moves as it is told."
-)
 
 
 def _motion_table(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:

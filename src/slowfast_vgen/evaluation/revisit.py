@@ -65,7 +65,7 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
             feats[k] = f
         similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
                       for i, js in revisits for j in js]
-        following = action_following(video.clamp(0, 1), torch.as_tensor(ep["positions"]), int(ep["world_size"]))
+        following = action_following(video, ep["positions"], ep["world_size"])  # decoded: already in [0, 1]
         updates = [u for u in out.get("updates", []) if u is not None]
         results.append(EpisodeResult(
             seed=int(ep["seed"]), video=video, real=real, revisits=revisits,
