@@ -35,9 +35,21 @@ class TempLoRA(L.Callback):
         explode_factor: float = 20.0,
         seed: int = 0,
         save_dir: str | None = None,
+        draws: int = 1,
+        replay: bool = False,
+        reverse: bool = False,
+        clean_context: int = 0,
+        timestep_range: list[int] | None = None,
+        loss_guard: float = 0.0,
+        text_condition: str = "none",
+        reverse_actions: dict[str, str] | None = None,
+        novelty_gate: float = 0.0,
     ) -> None:
         self.kwargs = dict(rank=rank, alpha=alpha, target_modules=tuple(target_modules), lr=lr,
-                           steps_per_chunk=steps_per_chunk, variant=variant, explode_factor=explode_factor, seed=seed)
+                           steps_per_chunk=steps_per_chunk, variant=variant, explode_factor=explode_factor, seed=seed,
+                           draws=draws, replay=replay, reverse=reverse, clean_context=clean_context,
+                           timestep_range=timestep_range, loss_guard=loss_guard, text_condition=text_condition,
+                           reverse_actions=reverse_actions, novelty_gate=novelty_gate)
         self.save_dir = save_dir
         self.learner: TempLoRALearner | None = None
 

@@ -86,8 +86,13 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"without Temp-LoRA", "with Temp-LoRA"}
     assert len(results["episodes"]) == 2 and results["settings"]["steps"] == 2
-    assert {"Motion MSE", "Still MSE"} <= set(results["summary"]["with Temp-LoRA"])
+    assert {"Motion MSE", "Still MSE", "Revisit PSNR", "Other PSNR"} <= set(results["summary"]["with Temp-LoRA"])
+    memory = results["memory"]
+    assert results["n_episodes"] == 2 and 0 <= memory["revisit_psnr_p"] <= 1
+    floor, fast = memory["revisit_mse"]["floor_no_memory"], memory["revisit_mse"]["temp_lora"]
+    assert memory["gap_closed"] == pytest.approx((floor - fast) / floor)
     page = (out / "index.html").read_text()
+    assert "Does Temp-LoRA remember?" in (out / "report.md").read_text() and "Gap closed" in page
     assert "SRC" in page and "episode_" in page and "Motion MSE" in page and (out / "similarity.png").stat().st_size > 1000
     assert len(list((out / "videos").glob("*.mp4"))) == 2 and len(list((out / "videos").glob("*.gif"))) == 2
     from PIL import Image

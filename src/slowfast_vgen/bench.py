@@ -2,7 +2,8 @@
 
 * ``train-step``: seconds per optimisation step of :class:`SlowLearningSystem` under a Lightning Trainer
   and of a bare PyTorch loop over the same UNet, loss and batch; the difference is framework overhead.
-* ``temp-lora``, ``data``, ``metrics``, ``slow-fast``: delegated to their packages.
+* ``temp-lora``, ``data``, ``metrics``, ``slow-fast``, ``memory`` (Temp-LoRA's written / read / damage):
+  delegated to their packages.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DELEGATED = {
     "data": "slowfast_vgen.datamodules.bench:main",
     "metrics": "slowfast_vgen.metrics.bench:main",
     "slow-fast": "slowfast_vgen.systems.bench:main",
+    "memory": "slowfast_vgen.evaluation.memory:main",
 }
 # preset -> (unet preset, batch size, frames, frame size)
 TRAIN_PRESETS = {"tiny": ("tiny", 2, 8, 16), "small": ("small", 4, 8, 32)}

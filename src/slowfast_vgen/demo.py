@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.evaluation.memory import lora_kwargs, lora_options
 
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE.parents[1] / "experiments" / "world_demo.yaml"
@@ -53,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--chunks-out", type=int, default=3, help="chunks away from the start before returning")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver steps per chunk (paper: 20)")
-    parser.add_argument("--rank", type=int, default=32, help="Temp-LoRA rank (paper: 32)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Temp-LoRA learning rate (paper: 1e-4)")
-    parser.add_argument("--updates-per-chunk", type=int, default=1)
+    lora_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
     args = parser.parse_args(argv)
+    from slowfast_vgen.datamodules.world import REVERSE
+
+    lora = lora_kwargs(args, REVERSE)
     if args.episodes < 2:
         raise UserInputError(f"--episodes must be >= 2 to report a spread, got {args.episodes}")
     start = time.perf_counter()
@@ -72,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     chunk = system.generator.chunk_frames
     episodes = WorldRevisitDataset(args.episodes, seed=args.seed, chunk_frames=chunk, chunks_out=args.chunks_out,
                                    min_gap=chunk + system.generator.context_frames, **world)
-    lora = dict(rank=args.rank, lr=args.lr, steps_per_chunk=args.updates_per_chunk)
     print(f"generating {args.episodes} revisit episodes without Temp-LoRA ...")
     plain = generate_episodes(system, episodes, None)
-    print(f"generating {args.episodes} revisit episodes with Temp-LoRA (rank {args.rank}, lr {args.lr}) ...")
+    print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora['rank']}, lr {lora['lr']}, "
+          f"{lora['steps_per_chunk']} steps per chunk) ...")
     fast = generate_episodes(system, episodes, lora)
     print("scoring ...")
     src = SceneRevisitConsistency(backbone="auto")
-    without, with_lora = score_episodes(plain, episodes, src), score_episodes(fast, episodes, src)
+    how = dict(chunk_frames=chunk, context_frames=system.generator.context_frames)
+    without, with_lora = score_episodes(plain, episodes, src, **how), score_episodes(fast, episodes, src, **how)
     settings = {
         "model": model_info, "config": str(args.config), "episodes": args.episodes, "first_seed": args.seed,
         "chunk_frames": chunk, "context_frames": system.generator.context_frames, "chunks_out_and_back": args.chunks_out,
@@ -90,11 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings["seconds"] = round(time.perf_counter() - start, 1)
     page = write_report(args.out, without, with_lora, settings)
-    summary = json.loads((args.out / "results.json").read_text())["summary"]
+    results = json.loads((args.out / "results.json").read_text())
+    summary = results["summary"]
     for name, stats in summary.items():
         digits = {k: 4 if "MSE" in k else 2 for k in stats}  # MSEs of [0, 1] pixels are small numbers
         print(f"{name:>18}: " + ", ".join(f"{k} {v['mean']:.{digits[k]}f}±{v['std']:.{digits[k]}f}"
                                           for k, v in stats.items()))
+    memory = results["memory"]
+    print(f"memory: gap closed {100 * memory['gap_closed']:.1f} % (Revisit PSNR {memory['revisit_psnr_gain_db']:+.2f} dB, "
+          f"paired p = {memory['revisit_psnr_p']:.3g}, n = {results['n_episodes']}); damage to other frames "
+          f"{memory['damage_other_frames_db']:+.2f} dB")
     print(f"report: {page.resolve()}")
     print(f"videos: {(args.out / 'videos').resolve()} (mp4 + GIF)")
     print(f"done in {settings['seconds']} s")

@@ -11,7 +11,12 @@ learner takes gradient steps on Theta only, with the base weights Phi untouched:
   sampled uniformly from the whole generated sequence so far (kept on CPU: it grows with the video).
 
 Updates whose loss or gradient is non-finite or explodes (the instability the paper reports at high
-learning rates, App. D.5) are rolled back to the last good Theta and logged; generation continues.
+learning rates, App. D.5), or (``loss_guard``) that make their own batch's loss worse, are rolled back to the
+last good Theta and logged; generation continues.
+
+Options beyond the paper (off by default; the search behind them is in docs/memory.md): several draws per
+step, replay of the episode so far, time-reversed clips, a clean-context form of the update under the
+action's text, a timestep range, a novelty gate.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 
 ADAPTER = "temp_lora"
 VARIANTS = ("temp-lora", "original", "no-local")
+# What the update's clips are conditioned on: "none" = the empty prompt (Eq. 3); "action" = the chunk's action
+# (a time-reversed clip: the reverse action, from ``reverse_actions``, else the empty prompt).
+TEXT_CONDITIONS = ("none", "action")
 # The paper does not name the wrapped layers: the attention projections of the spatial and temporal
 # transformers (to_q/to_k/to_v/to_out.0 match transformer_in, attentions and temp_attentions).
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -54,6 +62,10 @@ class UpdateRecord:
     rolled_back: bool = False
     reason: str = ""
     timesteps: list[int] = field(default_factory=list)
+    loss_before: float = math.nan  # the first step's loss on its batch
+    loss_after: float = math.nan  # the same batch after the update (only measured with ``loss_guard``)
+    skipped: bool = False  # ``novelty_gate``: Theta already explained the chunk, nothing was written
+    memory_ratio: float = math.nan  # ``novelty_gate``: the chunk's own clip's loss with Theta / without
 
 
 class TempLoRA:
@@ -67,9 +79,26 @@ class TempLoRA:
         lr, betas, weight_decay: Adam (paper: 1e-4, (0.9, 0.999), 0).
         steps_per_chunk: gradient steps after each chunk (not given by the paper; default 1).
         variant: ``"temp-lora"`` (ours), ``"original"`` or ``"no-local"`` (Table 4 ablations).
+        text_condition: ``"none"`` (Eq. 3: no text) or ``"action"``: each clip with its action's text, so that Theta
+            stores what the places look like, not which way the episode went (without it a clean-context update
+            learns the outward direction as a prior and fights the action on the way back).
+        reverse_actions: action -> its reverse (e.g. "go left" -> "go right"), the text of time-reversed clips.
+        novelty_gate: if > 0, a chunk whose own clip Theta already explains (loss with Theta below this
+            factor times the loss without, at the first step's timestep and noise) is not written: memory is
+            not overwritten with the model's own re-rendering of a place it remembers. Costs two forward
+            passes of one clip per chunk.
         explode_factor: an update whose gradient norm exceeds this multiple of the median of the previous
             ones (after 3 updates) is rolled back, as is any non-finite one.
         seed: fixes the LoRA initialisation and the noise of every update.
+        draws: clips per gradient step, batched (default 1: the chunk's own clip, as in Alg. 1a).
+        replay: the extra draws are windows of the episode so far, not the chunk's clip again.
+        reverse: every other clip runs backwards in time (a return along a path sees the places reversed).
+        clean_context: the first frames of each clip stay clean and out of the loss, the regime in which the
+            sampler reads the model (Eq. 1); 0 is Eq. 3 (the whole clip noised).
+        timestep_range: ``[lo, hi)`` of the update's timesteps (default: all training timesteps).
+        loss_guard: if > 0, after a chunk's steps the loss on the first step's batch is computed again; an
+            update that raised it past ``loss_guard`` times its value is rolled back (divergence, which a
+            gradient-norm check can miss). Costs one forward pass per chunk.
     """
 
     def __init__(
@@ -86,18 +115,43 @@ class TempLoRA:
         variant: str = "temp-lora",
         explode_factor: float = 20.0,
         seed: int = 0,
+        draws: int = 1,
+        replay: bool = False,
+        reverse: bool = False,
+        clean_context: int = 0,
+        timestep_range: tuple[int, int] | list[int] | None = None,
+        loss_guard: float = 0.0,
+        text_condition: str = "none",
+        reverse_actions: dict[str, str] | None = None,
+        novelty_gate: float = 0.0,
     ) -> None:
         if variant not in VARIANTS:
             raise UserInputError(f"Temp-LoRA variant {variant!r}; expected one of {list(VARIANTS)}")
-        if rank < 1 or steps_per_chunk < 1 or lr <= 0:
+        if rank < 1 or steps_per_chunk < 1 or not lr >= 0:  # lr 0: a memory that stores nothing (a control)
             raise UserInputError(
-                f"Temp-LoRA: need rank >= 1, steps_per_chunk >= 1, lr > 0; got {rank}, {steps_per_chunk}, {lr}"
+                f"Temp-LoRA: need rank >= 1, steps_per_chunk >= 1, lr >= 0; got {rank}, {steps_per_chunk}, {lr}"
             )
         self.unet, self.diffusion = unet, diffusion or MaskedDiffusion()
         self.rank, self.alpha = rank, float(alpha if alpha is not None else rank)
         self.target_modules = list(target_modules)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, explode_factor, seed
+        n_train = self.diffusion.num_train_timesteps
+        lo, hi = timestep_range if timestep_range is not None else (0, n_train)
+        if draws < 1 or clean_context < 0 or not 0 <= lo < hi <= n_train or loss_guard < 0:
+            raise UserInputError(
+                f"Temp-LoRA: need draws >= 1, clean_context >= 0, 0 <= timestep_range[0] < timestep_range[1] <= "
+                f"{n_train}, loss_guard >= 0; got {draws}, {clean_context}, {[lo, hi]}, {loss_guard}"
+            )
+        if variant != "temp-lora" and (replay or reverse or clean_context):
+            raise UserInputError(f"Temp-LoRA: replay / reverse / clean_context are options of variant 'temp-lora', "
+                                 f"not of {variant!r}")
+        if text_condition not in TEXT_CONDITIONS:
+            raise UserInputError(f"Temp-LoRA text_condition {text_condition!r}; expected one of {list(TEXT_CONDITIONS)}")
+        self.draws, self.replay, self.reverse, self.clean_context = draws, replay, reverse, clean_context
+        self.text_condition, self.reverse_actions = text_condition, dict(reverse_actions or {})
+        self.novelty_gate = float(novelty_gate)
+        self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(loss_guard)
         config = LoraConfig(r=rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
         trainable = {n: p.requires_grad for n, p in unet.named_parameters()}
         try:  # parameters made inside inference mode (e.g. trainer.predict) could never train
@@ -127,7 +181,14 @@ class TempLoRA:
                 module.reset_lora_parameters(ADAPTER, init_lora_weights=True)
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         self.history, self.chunks_seen = [], 0
-        self._sequence: list[torch.Tensor] = []  # only for variant "no-local"
+        self._sequence: list[torch.Tensor] = []  # for variant "no-local" and replay
+        self._texts: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame of _sequence: (text, reverse text)
+
+    def reverse_action(self, action: str) -> str | None:
+        """The text of a time-reversed copy of a clip made under ``action`` (None: not needed or not known)."""
+        if not (self.reverse and self.text_condition == "action"):
+            return None
+        return self.reverse_actions.get(action)
 
     def lora_layers(self) -> list[LoraLayer]:
         return [m for m in self.unet.modules() if isinstance(m, LoraLayer)]
@@ -213,71 +274,140 @@ class TempLoRA:
         generated: torch.Tensor,
         null_text: torch.Tensor,
         text: torch.Tensor | None = None,
+        reverse_text: torch.Tensor | None = None,
     ) -> UpdateRecord:
         """One chunk's fast learning on Theta. ``context`` (B, C, f_p, h, w): the chunk's input latents
-        z0^{i-1}; ``generated`` (B, C, f_g, h, w): its output z0^i; ``text`` only for variant "original"."""
+        z0^{i-1}; ``generated`` (B, C, f_g, h, w): its output z0^i; ``text``: its action (variant "original",
+        ``text_condition="action"``); ``reverse_text``: the reverse action (for time-reversed clips)."""
         if torch.is_inference_mode_enabled():  # e.g. inside trainer.predict: learn on ordinary copies
             with torch.inference_mode(False):
-                copies = [None if x is None else x.clone() for x in (context, generated, null_text, text)]
+                copies = [None if x is None else x.clone() for x in (context, generated, null_text, text, reverse_text)]
                 return self.update(*copies)
+        fwd = text if text is not None and self.text_condition == "action" else null_text
+        rev = reverse_text if reverse_text is not None and self.text_condition == "action" else null_text
         chunk = self.chunks_seen
         self.chunks_seen += 1
         z0 = torch.cat([context, generated], dim=2).detach()  # Alg. 1a l.11: X_i (+) Y_i, (B, C, f_p+f_g, h, w)
-        if self.variant == "no-local":
-            self._sequence.append(generated.detach().cpu() if self._sequence else z0.cpu())
+        if self.variant == "no-local" or self.replay:
+            new = generated.detach().cpu() if self._sequence else z0.cpu()
+            self._sequence.append(new)
+            self._texts += [(fwd, rev)] * new.shape[2]  # per frame: its chunk's action and reverse
         snapshot = self._snapshot()
         record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + chunk)
-        for _ in range(self.steps_per_chunk):
-            batch = self._sample_window(z0, g) if self.variant == "no-local" else z0
-            loss, t = self._loss(batch, context.shape[2], null_text, text, g)
+        own_batch = None  # the first step's batch, for the loss guard
+        for step in range(self.steps_per_chunk):
+            batch = self._batch(z0, context.shape[2], step, null_text, text, g, (fwd, rev))
+            own_batch = own_batch or batch
+            loss = self._loss(*batch)
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(self.params, grads)]
             grad_norm = float(torch.linalg.vector_norm(torch.stack([gr.norm() for gr in grads])))
             record.loss, record.grad_norm = float(loss.detach()), grad_norm
-            record.timesteps.append(int(t[0]))
+            record.timesteps.append(int(batch[2][0]))
+            if step == 0:
+                record.loss_before = record.loss
+                if self.novelty_gate:
+                    remembered, record.memory_ratio = self._remembered(batch, z0.shape[0])
+                    if remembered:
+                        record.skipped = True
+                        record.reason = f"already remembered (loss ratio {record.memory_ratio:.3f} < {self.novelty_gate})"
+                        self.history.append(record)
+                        return record
             reason = self._guard(record.loss, grad_norm)
             if reason:
-                self._restore(snapshot)
-                record.rolled_back, record.reason = True, reason
-                log.warning("Temp-LoRA update at chunk %d rolled back: %s", chunk, reason)
-                break
+                return self._roll_back(snapshot, record, reason)
             for p, gr in zip(self.params, grads):
                 p.grad = gr
             self.optimizer.step()  # Alg. 1a l.14: Theta_{i+1} <- Theta_i - alpha grad
             self.optimizer.zero_grad(set_to_none=True)
             if not all(torch.isfinite(p).all() for p in self.params):
-                self._restore(snapshot)
-                record.rolled_back, record.reason = True, "non-finite LoRA weights after the step"
-                log.warning("Temp-LoRA update at chunk %d rolled back: %s", chunk, record.reason)
-                break
+                return self._roll_back(snapshot, record, "non-finite LoRA weights after the step")
+        if self.loss_guard:  # divergence: the update made its own first batch worse, not better
+            with torch.no_grad():
+                record.loss_after = float(self._loss(*own_batch))
+            if not record.loss_after <= self.loss_guard * record.loss_before:  # also catches NaN
+                return self._roll_back(snapshot, record, (
+                    f"loss on its own batch rose from {record.loss_before:.4g} to {record.loss_after:.4g} "
+                    f"(> {self.loss_guard} x)"))
         self.history.append(record)
         return record
 
-    def _loss(self, z0, n_input, null_text, text, g) -> tuple[torch.Tensor, torch.Tensor]:
+    def _remembered(self, batch: tuple, b: int) -> tuple[bool, float]:
+        """Does Theta already explain this chunk? The loss of the chunk's own forward clip (the first ``b`` rows
+        of the batch: its new frames; reversed and replayed clips show frames Theta has seen) with Theta, against
+        without; below ``novelty_gate`` it is remembered."""
+        own = tuple(x[:b] for x in batch)
+        with torch.no_grad():
+            with_theta = float(self._loss(*own))
+            self.set_enabled(False)
+            try:
+                without = float(self._loss(*own))
+            finally:
+                self.set_enabled(True)
+        ratio = with_theta / without if without > 0 else 1.0
+        return ratio < self.novelty_gate, ratio
+        record.memory_ratio = ratio
+        if ratio < self.novelty_gate:
+            record.skipped, record.reason = True, f"already remembered (loss ratio {ratio:.3f} < {self.novelty_gate})"
+            return True
+        return False
+
+    def _roll_back(self, snapshot: dict, record: UpdateRecord, reason: str) -> UpdateRecord:
+        self._restore(snapshot)
+        record.rolled_back, record.reason = True, reason
+        log.warning("Temp-LoRA update at chunk %d rolled back: %s", record.chunk, reason)
+        self.history.append(record)
+        return record
+
+    def _batch(self, z0, n_input, step, null_text, text, g, texts) -> tuple:
+        """One step's training batch: (clean clips, clean-frame counts, timesteps, noise, text), Alg. 1a l.12.
+
+        Variant "temp-lora" stacks ``draws`` clips: the chunk's own X_i (+) Y_i first, then (``replay``) windows
+        of the same length drawn from the episode so far; with ``reverse`` every other clip runs backwards in
+        time (the way back along a path shows the same places in reverse order); the first ``clean_context``
+        frames of each clip stay clean (the sampler's regime) and the loss skips them.
+        """
         b = z0.shape[0]
-        t = torch.randint(0, self.diffusion.num_train_timesteps, (b,), generator=g).to(z0.device)
-        noise = torch.randn(z0.shape, generator=g).to(z0.device, z0.dtype)
-        noisy = self.diffusion.add_noise(z0, noise, t)  # Alg. 1a l.12: noise on the whole sequence
-        cond = null_text.expand(b, *null_text.shape[1:])  # no text: remember the trajectory, not the action
-        n_ctx = torch.zeros(b, dtype=torch.long, device=z0.device)  # no clean-context mask
-        if self.variant == "original":
+        if self.variant == "no-local":
+            clips, n_clean, cond = self._sample_window(z0, g), 0, null_text.expand(b, *null_text.shape[1:])
+        elif self.variant == "original":
             if text is None:
                 raise UserInputError("Temp-LoRA variant 'original' needs the action text of the chunk")
-            n_ctx = torch.full((b,), n_input, dtype=torch.long, device=z0.device)
-            frame = torch.arange(z0.shape[2], device=z0.device)[None, None, :, None, None]
-            noisy = torch.where(frame < n_input, z0, noisy)  # clean input, noised output (Eq. 1)
-            cond = text
+            clips, n_clean, cond = z0, n_input, text  # clean input, noised output, with text (Eq. 1)
+        else:
+            parts = [(z0, texts)] + [self._sample_window(z0, g, with_text=True) if self.replay else (z0, texts)
+                                     for _ in range(self.draws - 1)]
+            if self.reverse:  # a reversed clip shows the places in the order of the way back, under the reverse action
+                parts = [(p.flip(2), (tx[1], tx[1])) if (d + step) % 2 else (p, tx) for d, (p, tx) in enumerate(parts)]
+            clips = torch.cat([p for p, _ in parts])
+            n_clean = min(self.clean_context, clips.shape[2] - 1)
+            cond = torch.cat([tx[0].expand(p.shape[0], *tx[0].shape[1:]) for p, tx in parts])  # Eq. 3: null text
+        n = clips.shape[0]
+        lo, hi = self.timestep_range
+        t = torch.randint(lo, hi, (n,), generator=g).to(z0.device)
+        noise = torch.randn(clips.shape, generator=g).to(z0.device, z0.dtype)
+        return clips, torch.full((n,), n_clean, dtype=torch.long, device=z0.device), t, noise, cond
+
+    def _loss(self, z0, n_clean, t, noise, cond) -> torch.Tensor:
+        noisy = self.diffusion.add_noise(z0, noise, t)  # Alg. 1a l.12: noise on the whole sequence ...
+        frame = torch.arange(z0.shape[2], device=z0.device)[None, None, :, None, None]
+        noisy = torch.where(frame < n_clean[:, None, None, None, None], z0, noisy)  # ... but clean context
         with torch.enable_grad():
             pred = self.unet(noisy, t, encoder_hidden_states=cond.to(noisy.dtype)).sample
             target = self.diffusion.target(z0, noise, t)  # eps (paper), or v for a v-prediction model
-            return masked_mse(pred, target, n_ctx), t  # Alg. 1a l.13 (all frames unless "original")
+            return masked_mse(pred, target, n_clean)  # Alg. 1a l.13 (all frames unless some are clean)
 
-    def _sample_window(self, z0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _sample_window(self, z0: torch.Tensor, g: torch.Generator, with_text: bool = False):
+        """A window of z0's length from the episode so far; ``with_text``: also (the action text of its last
+        frame, the reverse text of its first frame): the texts it has forwards and backwards."""
         seq = torch.cat(self._sequence, dim=2)  # (B, C, F_total, h, w) on CPU
-        length = z0.shape[2]
+        length = z0.shape[2]  # the sequence always ends with z0, so it is at least this long
         start = int(torch.randint(0, seq.shape[2] - length + 1, (1,), generator=g))
-        return seq[:, :, start : start + length].to(z0.device, z0.dtype)
+        window = seq[:, :, start : start + length].to(z0.device, z0.dtype)
+        if not with_text:
+            return window
+        return window, (self._texts[start + length - 1][0], self._texts[start][1])
 
     # -- guard -----------------------------------------------------------------------------------------
     def _guard(self, loss: float, grad_norm: float) -> str:

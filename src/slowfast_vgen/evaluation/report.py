@@ -17,9 +17,19 @@ import torch
 from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, summarize
 from slowfast_vgen.io import atomic_path, write_video
 
-HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True}
+HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True, "Revisit PSNR": True, "Other PSNR": True}
 # Smallest differences worth reporting as an effect (units of the table: x100 for SRC and SSIM, dB for PSNR).
-MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5}
+MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5, "Revisit PSNR": 0.1, "Other PSNR": 0.1}
+MAX_DAMAGE_DB = 0.5  # memory may cost the frames that are not revisits at most this much (issue 13)
+
+MEMORY_TEXT = (
+    "Revisit PSNR: the revisited pixels that had left the context window (no context frame of their chunk "
+    "showed them, so only memory can get them right), against the first visit of the same place as generated "
+    "(for the first frame: the real one). Floor: no memory (without Temp-LoRA). Ceiling: a perfect memory, "
+    "which copies the first visit (squared error 0). Gap closed: the share of the floor's squared error that "
+    "Temp-LoRA removes. Other PSNR: the action-following error of the frames that are not later visits, as a "
+    "PSNR; its drop is what memory costs elsewhere."
+)
 
 MOTION_TEXT = (
     "Motion MSE: each generated frame against the previous one moved by the camera step of its action, on the "
@@ -89,24 +99,27 @@ def write_report(
         write_filmstrip(out / "videos" / f"episode_{a.seed}_frames.png", [a.real, a.video, b.video], upscale // 2 or 1)
         rows.append(a.seed)
     summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
-    diffs = {k: paired_difference(with_lora, without, k) for k in HIGHER_IS_BETTER}
-    verdicts = {k: verdict(diffs[k], k) for k in HIGHER_IS_BETTER}
+    keys = [k for k in HIGHER_IS_BETTER if k in without[0].scores]
+    diffs = {k: paired_difference(with_lora, without, k) for k in keys}
+    verdicts = {k: verdict(diffs[k], k) for k in keys}
+    memory = memory_summary(summary, diffs) if "Revisit PSNR" in keys else None
     plot_similarity(out / "similarity.png", {"without Temp-LoRA": without, "with Temp-LoRA": with_lora})
     results = {
         "summary": summary, "paired_difference_with_minus_without": diffs, "verdict": verdicts,
+        "memory": memory, "n_episodes": len(without),
         "episodes": [{"seed": a.seed, "without": a.scores, "with": b.scores, "rollbacks_with": b.rollbacks}
                      for a, b in zip(without, with_lora)],
         "settings": settings,
     }
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2))
-    table = ["| | " + " | ".join(f"{k} {'↑' if up else '↓'}" for k, up in HIGHER_IS_BETTER.items()) + " |",
-             "|---|" + "---|" * len(HIGHER_IS_BETTER)]
+    table = ["| | " + " | ".join(f"{k} {'↑' if HIGHER_IS_BETTER[k] else '↓'}" for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
     for name, stats in summary.items():
         table.append(f"| {name} | " + " | ".join(
-            f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" for k in HIGHER_IS_BETTER) + " |")
+            f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" for k in keys) + " |")
     table.append("| with − without (paired) | " + " | ".join(
-        f"{diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}" for k in HIGHER_IS_BETTER) + " |")
+        f"{diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}" for k in keys) + " |")
     n = len(without)
     motion = _motion_table(summary)
     lines = [
@@ -120,7 +133,8 @@ def write_report(
         *table, "",
         "## Did Temp-LoRA help on this model?", "",
         *[f"- **{k}**: {verdicts[k]} (paired difference {diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}, "
-          f"t = {diffs[k]['t']:.2f}, n = {n})" for k in HIGHER_IS_BETTER], "",
+          f"t = {diffs[k]['t']:.2f}, p = {diffs[k]['p']:.3g}, n = {n})" for k in keys], "",
+        *(_memory_lines(memory) if memory else []),
         "## Does the model follow the actions?", "",
         MOTION_TEXT, "",
         *motion, "",
@@ -130,8 +144,34 @@ def write_report(
     ]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
-    _write_html(out, lines, rows, table, motion, verdicts)
+    _write_html(out, lines, rows, table, motion, verdicts, _memory_lines(memory) if memory else [])
     return out / "index.html"
+
+
+def memory_summary(summary: dict, diffs: dict) -> dict[str, Any]:
+    """Floor (no memory), Temp-LoRA and ceiling (perfect memory: error 0) on the pixels that need memory."""
+    floor = summary["without Temp-LoRA"]["Revisit MSE"]["mean"]
+    fast = summary["with Temp-LoRA"]["Revisit MSE"]["mean"]
+    damage = -diffs["Other PSNR"]["mean"]
+    return {
+        "revisit_mse": {"floor_no_memory": floor, "temp_lora": fast, "ceiling_perfect_memory": 0.0},
+        "gap_closed": (floor - fast) / floor if floor > 0 else float("nan"),
+        "revisit_psnr_gain_db": diffs["Revisit PSNR"]["mean"], "revisit_psnr_p": diffs["Revisit PSNR"]["p"],
+        "damage_other_frames_db": damage, "damage_within_bound": damage <= MAX_DAMAGE_DB,
+    }
+
+
+def _memory_lines(memory: dict[str, Any]) -> list[str]:
+    mse = memory["revisit_mse"]
+    return [
+        "## Does Temp-LoRA remember?", "", MEMORY_TEXT, "",
+        "| | floor: no memory | Temp-LoRA | ceiling: perfect memory |", "|---|---|---|---|",
+        f"| Revisit MSE ↓ | {mse['floor_no_memory']:.4f} | {mse['temp_lora']:.4f} | 0 |", "",
+        f"- Gap closed: **{100 * memory['gap_closed']:.1f} %** of the floor-to-ceiling gap; Revisit PSNR "
+        f"{memory['revisit_psnr_gain_db']:+.2f} dB (paired p = {memory['revisit_psnr_p']:.3g}).",
+        f"- Damage to the other frames: {memory['damage_other_frames_db']:+.2f} dB "
+        f"({'within' if memory['damage_within_bound'] else 'beyond'} the {MAX_DAMAGE_DB} dB bound).", "",
+    ]
 
 
 def _motion_table(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
@@ -151,7 +191,7 @@ def _html_table(table: list[str]) -> str:
 
 
 def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str], motion: list[str],
-                verdicts: dict[str, str]) -> None:
+                verdicts: dict[str, str], memory: list[str]) -> None:
     videos = "".join(
         f'<figure><img src="videos/episode_{s}.gif" alt="episode {s}"><figcaption>episode {s}: real | without | '
         f'with Temp-LoRA (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
@@ -161,13 +201,18 @@ def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str],
         f'{s}, frame by frame: real / without / with Temp-LoRA</figcaption></figure>' for s in seeds
     )
     verdict_items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in verdicts.items())
+    memory_html = ""
+    if memory:  # heading, text, table (5 lines), bullets
+        bullets = "".join(f"<li>{html.escape(b[2:]).replace('**', '')}</li>" for b in memory if b.startswith("- "))
+        memory_html = (f"<h2>Does Temp-LoRA remember?</h2><p>{html.escape(MEMORY_TEXT)}</p>"
+                       f"{_html_table([r for r in memory if r.startswith('|')])}<ul>{bullets}</ul>")
     settings = html.escape(json.dumps(json.loads((out / "results.json").read_text())["settings"], indent=2))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SlowFast-VGen demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:6px}}
 figure img{{image-rendering:pixelated;width:384px}}figure img.strip{{width:auto;max-width:1080px}}</style></head><body>
 <h1>Revisit benchmark: with and without Temp-LoRA</h1><p>{html.escape(lines[2])}</p>
-{_html_table(table)}<h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>
+{_html_table(table)}<h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>{memory_html}
 <h2>Does the model follow the actions?</h2><p>{html.escape(MOTION_TEXT)}</p>{_html_table(motion)}
 <h2>Similarity to the first visit over time</h2><img style="display:block;width:640px" src="similarity.png">
 <h2>Videos</h2><div>{videos}</div><h2>Frame by frame</h2><div>{strips}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""

@@ -47,7 +47,15 @@ def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: dict 
     return trainer.predict(system, dataloaders=loader)
 
 
-def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsistency) -> list[EpisodeResult]:
+def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsistency,
+                   chunk_frames: int | None = None, context_frames: int | None = None) -> list[EpisodeResult]:
+    """Scores of each generated episode. With ``chunk_frames`` and ``context_frames`` (how the video was
+    generated) also the memory scores: ``Revisit PSNR`` / ``Revisit MSE`` on the revisited pixels that left the
+    context window, against the first visit as generated (:mod:`slowfast_vgen.evaluation.memory`), and
+    ``Other PSNR``, the action-following error (Motion MSE) of the frames that are not later visits as a PSNR:
+    what memory may damage elsewhere."""
+    from slowfast_vgen.evaluation.memory import revisit_memory_score
+
     results = []
     for out, ep in zip(outputs, (episodes[i] for i in range(len(episodes)))):
         video, real = out["video"][0], ep["frames"]
@@ -66,6 +74,11 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
         similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
                       for i, js in revisits for j in js]
         following = action_following(video, ep["positions"], ep["world_size"])  # decoded: already in [0, 1]
+        if chunk_frames is not None and context_frames is not None:
+            memory = revisit_memory_score(video, revisits, ep["positions"], ep["world_size"], chunk_frames, context_frames)
+            other = action_following(video, ep["positions"], ep["world_size"], skip=set(later))["Motion MSE"]
+            following.update({k: memory[k] for k in ("Revisit PSNR", "Revisit MSE")},
+                             **{"Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))})
         updates = [u for u in out.get("updates", []) if u is not None]
         results.append(EpisodeResult(
             seed=int(ep["seed"]), video=video, real=real, revisits=revisits,
@@ -76,12 +89,14 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
     return results
 
 
-def action_following(video: torch.Tensor, positions: torch.Tensor, world_size: int) -> dict[str, float]:
+def action_following(video: torch.Tensor, positions: torch.Tensor, world_size: int,
+                     skip: set[int] | frozenset[int] = frozenset()) -> dict[str, float]:
     """Does the video move as its actions say? Mean squared error of each frame against the previous frame
     moved by the camera step between them ("Motion MSE": the real video scores 0), and against the previous
     frame unmoved ("Still MSE": what a model that ignores the action would score), on the pixels both frames
     show. Needs only the camera positions, so the content a model invents for unseen places is not held
-    against it (it cannot know it); ``video`` (T, C, V, V), ``positions`` (T, 2) as (x, y) on a torus.
+    against it (it cannot know it); ``video`` (T, C, V, V), ``positions`` (T, 2) as (x, y) on a torus;
+    frames in ``skip`` are not scored.
     """
     if video.shape[0] != positions.shape[0] or video.shape[0] < 2:
         raise UserInputError(f"action_following: need >= 2 frames and one position per frame, got {video.shape[0]} "
@@ -89,6 +104,8 @@ def action_following(video: torch.Tensor, positions: torch.Tensor, world_size: i
     view = video.shape[-1]
     motion, still = [], []
     for t in range(1, video.shape[0]):
+        if t in skip:
+            continue
         dx, dy = ((int(positions[t, k]) - int(positions[t - 1, k]) + world_size // 2) % world_size - world_size // 2
                   for k in range(2))
         if abs(dx) >= view or abs(dy) >= view:
@@ -114,9 +131,16 @@ def summarize(results: list[EpisodeResult]) -> dict[str, dict[str, float]]:
 
 
 def paired_difference(with_lora: list[EpisodeResult], without: list[EpisodeResult], key: str) -> dict[str, float]:
-    """Per-episode difference (with - without): mean, std, n, and a t statistic of the mean."""
+    """Per-episode difference (with - without): mean, std, n, a t statistic of the mean and its two-sided
+    p-value (paired t-test, n - 1 degrees of freedom; NaN below 2 episodes)."""
+    from scipy.stats import t as student_t
+
     diffs = [a.scores[key] - b.scores[key] for a, b in zip(with_lora, without)]
     mean = statistics.fmean(diffs)
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     t = mean / (std / math.sqrt(len(diffs))) if std > 0 else (math.inf if mean else 0.0)
-    return {"mean": mean, "std": std, "n": len(diffs), "t": t}
+    if len(diffs) < 2:
+        p = math.nan
+    else:
+        p = 1.0 if t == 0 else float(2 * student_t.sf(abs(t), len(diffs) - 1)) if math.isfinite(t) else 0.0
+    return {"mean": mean, "std": std, "n": len(diffs), "t": t, "p": p}

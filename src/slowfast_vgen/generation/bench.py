@@ -33,9 +33,11 @@ def rss_mb() -> float:
 
 
 def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank: int, device: str, merge: bool = False,
-             dtype: str = "float32") -> dict:
-    """One mode in this process; ``preset``: a name in PRESETS or such a dict."""
-    from slowfast_vgen.datamodules.world import World
+             dtype: str = "float32", lora_preset: str = "paper") -> dict:
+    """One mode in this process; ``preset``: a name in PRESETS or such a dict; ``lora_preset``: Temp-LoRA
+    settings by name (:data:`slowfast_vgen.evaluation.memory.TEMP_LORA_PRESETS`)."""
+    from slowfast_vgen.datamodules.world import REVERSE, World
+    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
     from slowfast_vgen.generation import LongVideoGenerator
     from slowfast_vgen.lora import TempLoRA
@@ -46,7 +48,8 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
     dev = torch.device(device)
     unet = build_unet3d(cfg["unet"]).eval().to(dev, DTYPES[dtype])
     diffusion = MaskedDiffusion()
-    learner = TempLoRA(unet, diffusion, rank=rank, lr=1e-4) if temp_lora else None
+    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE}
+    learner = TempLoRA(unet, diffusion, **settings) if temp_lora else None
     gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), HashTextEncoder(cfg["embed"]).to(dev),
                              ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps),
                              chunk_frames=cfg["chunk"], context_frames=cfg["context"], temp_lora=learner,
@@ -87,20 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--merge", action="store_true", help="sample with Theta merged into the weights")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="UNet weights (default: float16 on CUDA, else float32)")
+    p.add_argument("--temp-lora", default="paper", choices=["memory", "paper"],
+                   help="Temp-LoRA settings (paper: one Eq. 3 step per chunk; memory: docs/memory.md)")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     if args.child:
         print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.rank, args.device,
-                                  args.merge, args.dtype)))
+                                  args.merge, args.dtype, args.temp_lora)))
         return 0
     from slowfast_vgen.bench import machine
+    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
 
     results = {}
     for mode in ("without", "with"):
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
                "--preset", args.preset, "--chunks", str(args.chunks), "--steps", str(args.steps),
-               "--rank", str(args.rank), "--device", args.device, "--dtype", args.dtype,
+               "--rank", str(args.rank), "--device", args.device, "--dtype", args.dtype, "--temp-lora", args.temp_lora,
                *(["--merge"] if args.merge else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -108,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "bench": "temp-lora", "preset": args.preset, "device": args.device,
         "settings": {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
-                     "rank": args.rank, "updates_per_chunk": 1, "dtype": args.dtype, "merge_for_sampling": args.merge,
+                     "rank": args.rank, "temp_lora": args.temp_lora,
+                     "updates_per_chunk": TEMP_LORA_PRESETS[args.temp_lora]["steps_per_chunk"],
+                     "draws": TEMP_LORA_PRESETS[args.temp_lora].get("draws", 1), "dtype": args.dtype,
+                     "merge_for_sampling": args.merge,
                      "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]},
         "without_temp_lora": wo, "with_temp_lora": w,
         "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),

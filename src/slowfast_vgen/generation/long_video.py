@@ -102,7 +102,11 @@ class LongVideoGenerator:
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
                 z = self.sampler.sample(self.denoise, context, self.chunk_frames, text, null, generator)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
-            update = self.temp_lora.update(context, new, null, text) if self.temp_lora is not None else None
+            update = None
+            if self.temp_lora is not None:  # Alg. 1a l.11-14
+                back = self.temp_lora.reverse_action(action)
+                back_text = None if back is None else self.text_encoder([back] * b).to(device)
+                update = self.temp_lora.update(context, new, null, text, back_text)
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update)
             for hook in self.on_chunk_end:
                 hook(chunk)

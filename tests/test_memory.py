@@ -1,0 +1,189 @@
+"""Memory diagnostics and the revisit score on the pixels that need memory (issue 13), on tiny weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from slowfast_vgen.datamodules.world import revisit_episode
+from slowfast_vgen.diffusion import MaskedDiffusion
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.evaluation.memory import (
+    chunk_contexts,
+    measure_memory,
+    memory_masks,
+    revisit_memory_score,
+    write_memory,
+)
+from slowfast_vgen.lora import TempLoRA
+from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
+from slowfast_vgen.systems import SlowLearningSystem
+
+
+def episode(seed: int = 3) -> dict:
+    return revisit_episode(seed, chunk_frames=2, chunks_out=2, cells=4, cell_size=8, view_size=16, speed=4, min_gap=4)
+
+
+def tiny_system() -> SlowLearningSystem:
+    torch.manual_seed(0)
+    unet = build_unet3d("tiny")
+    system = SlowLearningSystem(unet, PixelShuffleAutoencoder(), HashTextEncoder(embed_dim=unet.config.cross_attention_dim),
+                                diffusion=MaskedDiffusion(prediction_type="v_prediction"), chunk_frames=2,
+                                context_frames=2)
+    return system.eval()
+
+
+def test_chunk_contexts_follow_the_generator():
+    ctx = chunk_contexts(7, chunk_frames=3, context_frames=2)
+    assert ctx[1] == ctx[3] == [0] and ctx[4] == ctx[6] == [2, 3]
+
+
+def test_memory_masks_mark_exactly_what_the_context_never_showed():
+    # camera moves right by 4 px a frame on a 64-px torus, 16-px view; frame 3's chunk sees frames 1, 2
+    pos = torch.tensor([[0, 0], [4, 0], [8, 0], [12, 0]])
+    (m,) = memory_masks(pos, 64, 16, [3], chunk_frames=1, context_frames=2).values()
+    # frame 3 shows x 12..27; frames 1, 2 show x 4..23: columns 12..15 of frame 3 (x 24..27) are unseen
+    assert m[:, 12:].all() and not m[:, :12].any()
+    # wrapping: frame 3 at x 60 shows 60..63, 0..11; context at 0 shows 0..15: only the first 4 columns unseen
+    wrap = torch.tensor([[0, 0], [0, 0], [0, 0], [60, 0]])
+    (m,) = memory_masks(wrap, 64, 16, [3], chunk_frames=1, context_frames=2).values()
+    assert m[:, :4].all() and not m[:, 4:].any()
+    with pytest.raises(UserInputError, match="frame 0"):
+        memory_masks(pos, 64, 16, [0], chunk_frames=1, context_frames=2)
+
+
+def test_revisit_score_is_perfect_for_the_real_video_and_bad_for_a_shuffled_one():
+    ep = episode()
+    assert ep["revisits"], "the episode must revisit places"
+    real = revisit_memory_score(ep["frames"], ep["revisits"], ep["positions"], ep["world_size"], 2, 2)
+    assert real["Revisit MSE"] == 0 and real["Revisit PSNR"] == 100 and real["memory pixels"] > 0
+    wrong = ep["frames"].clone()
+    later = [j for _, js in ep["revisits"] for j in js]
+    wrong[later] = ep["frames"][later].roll(5, dims=-1)  # the returning frames show other content
+    bad = revisit_memory_score(wrong, ep["revisits"], ep["positions"], ep["world_size"], 2, 2)
+    assert bad["Revisit MSE"] > 0.01 and bad["Revisit PSNR"] < 30
+    with pytest.raises(UserInputError, match="positions"):
+        revisit_memory_score(ep["frames"][:-1], ep["revisits"], ep["positions"], ep["world_size"], 2, 2)
+
+
+@pytest.mark.parametrize("lr", [0.0, 3e-3])
+def test_written_is_positive_after_updates_and_zero_at_learning_rate_zero(lr):
+    system, ep = tiny_system(), episode()
+    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=lr, steps_per_chunk=4, draws=2)
+    try:
+        write_memory(learner, system, ep)
+        out = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(200, 700))
+    finally:
+        learner.remove()
+    if lr == 0:
+        assert out["written"] == 0 and out["read"] == 0 and out["damage_unseen"] == 0
+    else:
+        assert out["written"] > 0.01
+    assert set(out) >= {"written", "return_eq3", "read", "damage_context", "damage_unseen"}
+
+
+def test_damage_is_zero_after_a_reset():
+    system, ep = tiny_system(), episode()
+    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=3e-3, steps_per_chunk=4)
+    try:
+        write_memory(learner, system, ep)
+        assert measure_memory(learner, system, ep, unseen=episode(4), timesteps=(500,))["damage_unseen"] != 0
+        learner.reset()
+        out = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(500,))
+    finally:
+        learner.remove()
+    assert out["damage_unseen"] == 0 and out["damage_context"] == 0 and out["written"] == 0
+
+
+def test_loss_guard_rolls_back_a_diverging_update_that_the_gradient_guard_lets_through():
+    from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    from slowfast_vgen.training import load_system
+
+    # the shipped demo model (tiny preset): lr 3e-2 x 10 steps doubles the update's own loss (0.08 -> 0.16)
+    system = load_system(str(DEFAULT_CONFIG), str(DEFAULT_WEIGHTS), ["--trainer.enable_checkpointing", "false"]).model
+    ep = revisit_episode(3, chunk_frames=4, chunks_out=1, min_gap=8)
+    kwargs = dict(rank=8, lr=3e-2, steps_per_chunk=10, explode_factor=math.inf)
+    for guard in (1e9, 1.5):  # 1e9: measured, never rolled back
+        learner = TempLoRA(system.unet, system.diffusion, loss_guard=guard, **kwargs)
+        try:
+            (record,) = write_memory(learner, system, ep)
+            b_weights = [m.lora_B["temp_lora"].weight.detach().clone() for m in learner.lora_layers()]
+        finally:
+            learner.remove()
+        assert record.loss_after > 1.5 * record.loss_before, "the update must diverge for this test to mean anything"
+        if guard == 1.5:
+            assert record.rolled_back and "rose" in record.reason
+            assert all(float(b.abs().max()) == 0 for b in b_weights)  # back to Theta_0
+        else:
+            assert not record.rolled_back and any(float(b.abs().max()) > 0 for b in b_weights)
+
+
+def test_update_options_are_checked():
+    unet = build_unet3d("tiny")
+    for bad in (dict(draws=0), dict(clean_context=-1), dict(timestep_range=[500, 100]), dict(loss_guard=-1.0),
+                dict(variant="original", reverse=True)):
+        with pytest.raises(UserInputError):
+            TempLoRA(unet, MaskedDiffusion(), **bad)
+
+
+def test_paired_difference_p_value_matches_scipy():
+    from scipy.stats import ttest_rel
+
+    from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference
+
+    a, b = [0.3, 0.1, 0.5, 0.2, 0.45], [0.1, 0.15, 0.2, 0.0, 0.3]
+    mk = lambda v: [EpisodeResult(seed=i, video=None, real=None, revisits=[], scores={"x": x}) for i, x in enumerate(v)]  # noqa: E731
+    d = paired_difference(mk(a), mk(b), "x")
+    ref = ttest_rel(a, b)
+    assert d["t"] == pytest.approx(ref.statistic) and d["p"] == pytest.approx(ref.pvalue) and d["n"] == 5
+
+
+def test_reversed_clips_get_the_reverse_action_and_replay_windows_their_own_text():
+    unet = build_unet3d("tiny")
+    learner = TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-3, draws=4, replay=True, reverse=True, clean_context=2,
+                       text_condition="action", reverse_actions={"go left": "go right"})
+    assert learner.reverse_action("go left") == "go right" and learner.reverse_action("jump") is None
+    dim = unet.config.cross_attention_dim
+    null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
+    z = torch.randn(1, unet.config.in_channels, 2, 8, 8)
+    learner.update(z[:, :, :1], z[:, :, 1:], null, left, right)
+    clips, n_clean, t, noise, cond = learner._batch(z, 1, 0, null, left, torch.Generator().manual_seed(0), (left, right))
+    assert clips.shape[0] == 4 and (n_clean == 1).all()  # clean_context clamped to leave a frame to learn
+    # the episode so far is z itself: every replay window is z, and odd draws run backwards at step 0
+    assert torch.equal(clips[0], z[0]) and torch.equal(clips[1], z[0].flip(1)) and torch.equal(clips[2], z[0])
+    assert torch.equal(cond[0], left[0])
+    assert torch.equal(cond[1], right[0]) and torch.equal(cond[3], right[0]) and torch.equal(cond[2], left[0])
+    plain = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), rank=4, draws=2, reverse=True)  # Eq. 3: no text at all
+    assert plain.reverse_action("go left") is None
+    *_, cond = plain._batch(z, 1, 0, null, left, torch.Generator().manual_seed(0), (null, null))
+    assert torch.equal(cond, null.expand(2, 2, dim))
+
+
+def test_bench_memory_prints_written_read_damage(tmp_path, capsys):
+    import json
+
+    from slowfast_vgen.evaluation.memory import main
+
+    out = tmp_path / "memory.json"
+    assert main(["--episodes", "1", "--chunks-out", "1", "--updates-per-chunk", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) >= {"written", "read", "damage_context", "damage_unseen"}
+    assert result["lora"]["text_condition"] == "action" and result["lora"]["reverse_actions"]["go left"] == "go right"
+    assert json.loads(capsys.readouterr().out)["bench"] == "memory"
+
+
+def test_novelty_gate_skips_a_chunk_that_theta_already_explains():
+    torch.manual_seed(0)
+    unet = build_unet3d("tiny")
+    null = torch.zeros(1, 2, unet.config.cross_attention_dim)
+    learner = TempLoRA(unet, MaskedDiffusion(), rank=8, lr=1e-2, steps_per_chunk=20, novelty_gate=0.95,
+                       explode_factor=math.inf)
+    z = torch.randn(1, unet.config.in_channels, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    first = learner.update(z[:, :, :2], z[:, :, 2:], null)
+    assert not first.skipped and first.memory_ratio == 1.0  # Theta_0 == 0: nothing is remembered yet
+    before = [p.detach().clone() for p in learner.params]
+    again = learner.update(z[:, :, :2], z[:, :, 2:], null)  # the same clip: Theta explains it now
+    assert again.skipped and again.memory_ratio < 0.95 and "already remembered" in again.reason
+    assert all(torch.equal(a, p) for a, p in zip(before, learner.params))  # nothing written
