@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generating {args.episodes} revisit episodes without Temp-LoRA ...")
     plain = generate_episodes(system, episodes, None)
     print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora['rank']}, lr {lora['lr']}, "
-          f"{lora['steps_per_chunk']} steps per chunk) ...")
+          f"updates per chunk: {lora['steps_per_chunk']}) ...")
     fast = generate_episodes(system, episodes, lora)
     print("scoring ...")
     src = SceneRevisitConsistency(backbone="auto")
