@@ -299,6 +299,14 @@ class TempLoRA:
         for step in range(self.steps_per_chunk):
             batch = self._batch(z0, context.shape[2], step, null_text, text, g, (fwd, rev))
             own_batch = own_batch or batch
+            if step == 0 and self.novelty_gate:  # before any gradient: a remembered chunk costs two forwards only
+                remembered, record.memory_ratio = self._remembered(batch, z0.shape[0])
+                if remembered:
+                    record.skipped = True
+                    record.reason = f"already remembered (loss ratio {record.memory_ratio:.3f} < {self.novelty_gate})"
+                    record.timesteps.append(int(batch[2][0]))
+                    self.history.append(record)
+                    return record
             loss = self._loss(*batch)
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(self.params, grads)]
@@ -307,13 +315,6 @@ class TempLoRA:
             record.timesteps.append(int(batch[2][0]))
             if step == 0:
                 record.loss_before = record.loss
-                if self.novelty_gate:
-                    remembered, record.memory_ratio = self._remembered(batch, z0.shape[0])
-                    if remembered:
-                        record.skipped = True
-                        record.reason = f"already remembered (loss ratio {record.memory_ratio:.3f} < {self.novelty_gate})"
-                        self.history.append(record)
-                        return record
             reason = self._guard(record.loss, grad_norm)
             if reason:
                 return self._roll_back(snapshot, record, reason)
@@ -413,7 +414,7 @@ class TempLoRA:
     def _guard(self, loss: float, grad_norm: float) -> str:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return f"non-finite loss ({loss}) or gradient norm ({grad_norm})"
-        previous = [r.grad_norm for r in self.history if not r.rolled_back]
+        previous = [r.grad_norm for r in self.history if not (r.rolled_back or r.skipped)]
         if len(previous) >= 3 and grad_norm > self.explode_factor * statistics.median(previous):
             return f"gradient norm {grad_norm:.3g} > {self.explode_factor} x median {statistics.median(previous):.3g}"
         return ""
