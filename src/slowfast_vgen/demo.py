@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from slowfast_vgen.errors import UserInputError
-from slowfast_vgen.evaluation.memory import lora_kwargs, lora_options
 
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE.parents[1] / "experiments" / "world_demo.yaml"
@@ -47,6 +46,8 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slowfast_vgen.evaluation.memory import lora_kwargs, lora_options
+
     parser = argparse.ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)

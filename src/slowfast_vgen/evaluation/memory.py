@@ -172,25 +172,26 @@ def measure_memory(
         return ep_z[:, :, max(0, s - f_p) : s], ep_z[:, :, s : s + f_g]
 
     def losses(ctx, tgt, text, mask, clean: bool, salt: int) -> tuple[float, float]:
-        """Mean masked squared error over ``timesteps`` with Theta on and off."""
-        g = torch.Generator().manual_seed(seed * 7919 + salt)
+        """Mean masked squared error over ``timesteps`` with Theta on and off (the same noisy inputs)."""
+        z0 = torch.cat([ctx, tgt], dim=2)
+        m = mask.to(z0.device)[None, None]  # (1, 1, F, h, w)
+        inputs = []
+        for t_val in timesteps:
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed * 7919 + salt + t_val))
+            noise = noise.to(z0.device, z0.dtype)
+            t = torch.full((1,), t_val, dtype=torch.long, device=z0.device)
+            noisy = diffusion.add_noise(z0, noise, t)
+            if clean:  # the sampler's regime: the context frames stay clean
+                noisy = torch.cat([ctx, noisy[:, :, ctx.shape[2]:]], dim=2)
+            inputs.append((noisy, t, diffusion.target(z0, noise, t).float()))
         out = []
         for on in (True, False):
             learner.set_enabled(on)
             total = 0.0
-            for t_val in timesteps:
-                z0 = torch.cat([ctx, tgt], dim=2)
-                noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(g.initial_seed() + t_val))
-                noise = noise.to(z0.device, z0.dtype)
-                t = torch.full((1,), t_val, dtype=torch.long, device=z0.device)
-                noisy = diffusion.add_noise(z0, noise, t)
-                n_clean = ctx.shape[2] if clean else 0
-                if clean:
-                    noisy = torch.cat([ctx, noisy[:, :, n_clean:]], dim=2)
+            for noisy, t, target in inputs:
                 with torch.no_grad():
                     pred = system.unet(noisy, t, encoder_hidden_states=text.to(noisy.dtype)).sample
-                err = (pred.float() - diffusion.target(z0, noise, t).float()) ** 2  # (1, C, F, h, w)
-                m = mask.to(err.device)[None, None]  # (1, 1, F, h, w)
+                err = (pred.float() - target) ** 2  # (1, C, F, h, w)
                 total += float((err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1))
             out.append(total / len(timesteps))
         learner.set_enabled(True)

@@ -82,6 +82,8 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+
     p = argparse.ArgumentParser(prog="sfvgen bench temp-lora")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--chunks", type=int, default=20)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--merge", action="store_true", help="sample with Theta merged into the weights")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="UNet weights (default: float16 on CUDA, else float32)")
-    p.add_argument("--temp-lora", default="paper", choices=["memory", "paper"],
+    p.add_argument("--temp-lora", default="paper", choices=sorted(TEMP_LORA_PRESETS),
                    help="Temp-LoRA settings (paper: one Eq. 3 step per chunk; memory: docs/memory.md)")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -100,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
                                   args.merge, args.dtype, args.temp_lora)))
         return 0
     from slowfast_vgen.bench import machine
-    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
 
     results = {}
     for mode in ("without", "with"):
