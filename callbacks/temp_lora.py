@@ -54,12 +54,12 @@ class TempLoRA(L.Callback):
         self.learner: TempLoRALearner | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "generator") or not hasattr(pl_module, "unet"):
+        if not all(hasattr(pl_module, name) for name in ("generator", "unet", "diffusion")):
             raise UserInputError(
-                f"TempLoRA callback: {type(pl_module).__name__} has no `unet` and `generator`; expected a "
-                "SlowLearningSystem-like module"
+                f"TempLoRA callback: {type(pl_module).__name__} has no `unet`, `diffusion` and `generator`; expected "
+                "a SlowLearningSystem-like module (the learner trains with the model's own diffusion)"
             )
-        self.learner = TempLoRALearner(pl_module.unet, getattr(pl_module, "diffusion", None), **self.kwargs)
+        self.learner = TempLoRALearner(pl_module.unet, pl_module.diffusion, **self.kwargs)
         pl_module.generator.temp_lora = self.learner
 
     def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,

@@ -233,16 +233,27 @@ def collate_episode(samples: list[dict]) -> dict:
 
 class WorldLoopDataModule(L.LightningDataModule):
     """Episodes of the built-in world for the slow-fast loop (Alg. 1b): each epoch, the system's inner loop
-    turns them into D_s (use ``Trainer(reload_dataloaders_every_n_epochs=1)``)."""
+    turns them into D_s (use ``Trainer(reload_dataloaders_every_n_epochs=1)``).
+
+    ``fresh_episodes``: epoch ``e`` gets episodes ``first_episode_seed + e * num_episodes`` onwards, so that Phi
+    cannot store a fixed set of worlds in its own weights and must read them from Theta (the revisit benchmark
+    uses seeds from 10,000; keep ``first_episode_seed`` clear of them)."""
 
     def __init__(self, num_episodes: int = 8, first_episode_seed: int = 20_000, chunk_frames: int = 4, chunks_out: int = 3,
-                 cells: int = 8, cell_size: int = 8, view_size: int = 16, speed: int = 2) -> None:
+                 cells: int = 8, cell_size: int = 8, view_size: int = 16, speed: int = 2,
+                 fresh_episodes: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.episodes = WorldRevisitDataset(num_episodes, seed=first_episode_seed, chunk_frames=chunk_frames, chunks_out=chunks_out,
-                                            cells=cells, cell_size=cell_size, view_size=view_size, speed=speed)
+        self.episodes = self.episodes_of_epoch(0)
+
+    def episodes_of_epoch(self, epoch: int) -> WorldRevisitDataset:
+        h = self.hparams
+        first = h.first_episode_seed + (epoch * h.num_episodes if h.fresh_episodes else 0)
+        return WorldRevisitDataset(h.num_episodes, seed=first, chunk_frames=h.chunk_frames, chunks_out=h.chunks_out,
+                                   cells=h.cells, cell_size=h.cell_size, view_size=h.view_size, speed=h.speed)
 
     def train_dataloader(self) -> DataLoader:
         from slowfast_vgen.systems.slowfast import slow_fast_dataloader
 
-        return slow_fast_dataloader(self.trainer.lightning_module, self.episodes, self.trainer.current_epoch)
+        epoch = self.trainer.current_epoch
+        return slow_fast_dataloader(self.trainer.lightning_module, self.episodes_of_epoch(epoch), epoch)

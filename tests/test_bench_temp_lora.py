@@ -24,11 +24,12 @@ def test_latent_presets_run_without_an_autoencoder_in_any_precision(dtype):
 def test_theta_stays_float32_under_a_half_precision_unet():
     import torch
 
+    from slowfast_vgen.diffusion import MaskedDiffusion
     from slowfast_vgen.lora import TempLoRA
     from slowfast_vgen.models import build_unet3d
 
     unet = build_unet3d("tiny").to(torch.bfloat16)
-    learner = TempLoRA(unet, rank=4, lr=1e-3)
+    learner = TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-3)
     assert learner.params and {p.dtype for p in learner.params} == {torch.float32}
     z, null = torch.randn(1, 12, 4, 8, 8, dtype=torch.bfloat16), torch.randn(1, 4, 32)
     before = [p.detach().clone() for p in learner.params]

@@ -86,3 +86,55 @@ def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
     with pytest.raises(UserInputError, match="checkpoint .* trained with prediction_type 'epsilon'"):
         load_system(str(TINY), ckpt=str(ckpt),
                     overrides=["--model.init_args.diffusion.init_args.prediction_type", "v_prediction"])
+
+
+def test_quiet_lightning_filters_only_the_tips_and_the_pytree_warning():
+    import logging
+    import warnings
+
+    from slowfast_vgen.cli import LIGHTNING_TIP_LOGGERS, quiet_lightning
+
+    message = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()` instead."
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        warnings.warn_explicit(message, FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(message, FutureWarning, "other.py", 1, module="some.other.module")  # still shown
+        warnings.warn_explicit("another deprecation", FutureWarning, "_pytree.py", 22,
+                               module="lightning.pytorch.utilities._pytree")  # still shown
+    assert [(str(w.message), w.filename) for w in seen] == [(message, "other.py"), ("another deprecation", "_pytree.py")]
+    logger = logging.getLogger(LIGHTNING_TIP_LOGGERS[0])
+    record = lambda text: logging.LogRecord(logger.name, logging.INFO, __file__, 1, text, None, None)  # noqa: E731
+    assert not logger.filter(record("💡 Tip: For seamless cloud logging, try installing [litlogger](https://x)"))
+    assert not logger.filter(record("💡 Tip: For seamless cloud uploads, try installing [litmodels](https://x)"))
+    assert logger.filter(record("`Trainer.fit` stopped: `max_steps=1` reached."))
+
+
+def test_step_limited_progress_bar_shows_no_negative_epoch_count():
+    from types import SimpleNamespace
+
+    from slowfast_vgen.training import StepLimitedRichProgressBar, load_experiment
+
+    bar = StepLimitedRichProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)  # what Lightning sets when only max_steps is given
+    assert bar._get_train_description(3).strip() == "Epoch 3"
+    bar._trainer = SimpleNamespace(max_epochs=5)
+    assert bar._get_train_description(3).strip() == "Epoch 3/4"
+    cli = load_experiment(TINY, ["--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    assert isinstance(cli.trainer.progress_bar_callback, StepLimitedRichProgressBar)
+    off = load_experiment(TINY, ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    assert off.trainer.progress_bar_callback is None
+
+
+def test_a_step_limited_fit_prints_no_tips_no_pytree_warning_and_no_epoch_minus_2(tmp_path):
+    """`sfvgen fit` with no logger and Lightning's default checkpoint: the two conditions for the litlogger and
+    litmodels tips; max_steps only: the condition for "Epoch 0/-2"."""
+    out = run(["fit", "-c", str(TINY), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+               "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_model_summary", "false",
+               "--data.init_args.batch_size", "1", "--data.init_args.frames", "5", "--data.init_args.min_frames", "5"],
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    for noise in ("💡", "Tip:", "litlogger", "litmodels", "LeafSpec", "Epoch 0/-"):
+        assert noise not in text, text[-3000:]
+    assert "Epoch 0" in out.stdout and "max_steps=1" in out.stderr  # the progress bar and Lightning's info still show

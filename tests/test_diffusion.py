@@ -177,3 +177,48 @@ def test_prediction_types_train_and_sample_consistently(kind):
 def test_unknown_prediction_type_is_a_clear_error():
     with pytest.raises(UserInputError, match="prediction_type 'x0'"):
         MaskedDiffusion(prediction_type="x0")
+
+
+@pytest.mark.parametrize("scheduler", ["dpm-solver", "ddim", "ddpm", "euler"])
+def test_every_scheduler_keeps_the_context_exactly_and_feeds_it_unscaled(unet, scheduler):
+    """Same contract for all schedulers: output (B, C, f_p + f_g, h, w), the context bit-identical, and the
+    model sees the clean context as given (Euler scales only the noisy frames' input)."""
+    sampler = ChunkSampler(MaskedDiffusion().scheduler_config(), scheduler, num_inference_steps=3)
+    enc = HashTextEncoder(embed_dim=32)
+    context = torch.randn(2, 12, 3, 8, 8) * 3
+    seen = []
+
+    def denoiser(z, t, c):
+        seen.append(z.clone())
+        return denoiser_of(unet)(z, t, c)
+
+    out = sampler.sample(denoiser, context, 2, enc(["go left", "stay"]), enc([""]), torch.Generator().manual_seed(0))
+    assert out.shape == (2, 12, 5, 8, 8)
+    assert torch.equal(out[:, :, :3], context)
+    assert torch.isfinite(out).all()
+    assert len(seen) == 3
+    for z in seen:  # branches [uncond (zeros), image, text]
+        assert torch.equal(z[:2, :, :3], torch.zeros_like(context)) and torch.equal(z[2:4, :, :3], context)
+        assert torch.equal(z[4:, :, :3], context)
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpm-solver"])
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_thresholding_clips_the_predicted_clean_sample_for_every_scheduler(scheduler, kind):
+    """An oracle for data outside [-1, 1]: with ``thresholding`` each scheduler (Euler included, which
+    diffusers cannot threshold) ends on the clipped data; without it, on the data."""
+    diffusion = MaskedDiffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type=kind)
+    z0 = torch.linspace(-3, 3, 16).view(1, 1, 4, 2, 2)
+    abar = diffusion.scheduler.alphas_cumprod
+
+    def oracle(z, t, c):
+        a = abar[t.round().long()].view(-1, 1, 1, 1, 1)
+        eps = (z - a.sqrt() * z0) / (1 - a).sqrt()
+        return eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
+
+    args = (oracle, z0[:, :, :1], 3, torch.ones(1, 2, 8), torch.zeros(1, 2, 8), torch.Generator().manual_seed(0))
+    plain = ChunkSampler(diffusion.scheduler_config(), scheduler, num_inference_steps=10).sample(*args)
+    torch.testing.assert_close(plain[:, :, 1:], z0[:, :, 1:], atol=1e-3, rtol=0)
+    clipped = ChunkSampler(diffusion.scheduler_config(), scheduler, num_inference_steps=10, thresholding=True).sample(*args)
+    assert torch.equal(clipped[:, :, :1], z0[:, :, :1])
+    torch.testing.assert_close(clipped[:, :, 1:], z0[:, :, 1:].clamp(-1, 1), atol=1e-3, rtol=0)

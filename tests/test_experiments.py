@@ -29,6 +29,7 @@ SHRINK = {
     "object_return_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
     "path_retrace_slow.yaml": ["--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"],
     "path_retrace_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
+    "memory_loop_world.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.lora_steps_per_chunk", "1"],
 }
 
 

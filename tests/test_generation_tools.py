@@ -53,9 +53,11 @@ def test_temp_lora_callback_during_predict_saves_memory_and_restores_the_base(tm
     before = {k: v.clone() for k, v in system.unet.state_dict().items()}
     loader = DataLoader(WorldRevisitDataset(2, chunk_frames=2, chunks_out=2, min_gap=4), batch_size=1,
                         collate_fn=collate_episode)
+    callback = TempLoRA(rank=4, lr=1e-3, save_dir=str(tmp_path))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=[TempLoRA(rank=4, lr=1e-3, save_dir=str(tmp_path))])  # inference_mode left on
+                        callbacks=[callback])  # inference_mode left on
     out = trainer.predict(system, loader)
+    assert callback.learner.diffusion is system.diffusion  # the model's own prediction type
     assert [o["video"].shape for o in out] == [(1, 9, 3, 16, 16)] * 2
     assert all(u is not None and not u.rolled_back for o in out for u in o["updates"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_00000.safetensors", "episode_00001.safetensors"]

@@ -133,3 +133,33 @@ def test_gradient_checkpointing_on_a_unet3d_is_a_clear_error():
 
     with pytest.raises(UserInputError, match="UNet3DConditionModel does not support it"):
         SlowLearningSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), gradient_checkpointing=True)
+
+
+def test_inner_loop_runs_the_memory_learner_with_each_chunks_action_and_its_reverse(tmp_path):
+    from slowfast_vgen.datamodules.world import REVERSE
+
+    system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), chunk_frames=2,
+                                context_frames=2, memory_dir=str(tmp_path / "mem"), lora_rank=4, lora_lr=1e-2,
+                                temporal_dropout=0.0, lora_options=dict(reverse=True, draws=2, clean_context=2,
+                                                                        text_condition="action", reverse_actions=REVERSE))
+    seen = []
+    update = system.learner.update
+    system.learner.update = lambda *a, **kw: (seen.append(kw), update(*a, **kw))[1]
+    episode = data().episodes[0]
+    system.build_slow_dataset([episode], epoch=0, progress=False)
+    assert len(seen) == len(episode["actions"])
+    for kw, action in zip(seen, episode["actions"]):  # chunk i + 1 was made by action i, reversed by its reverse
+        assert torch.equal(kw["text"], system.encode_text([action]))
+        assert torch.equal(kw["reverse_text"], system.encode_text([REVERSE[action]]))
+    import pytest
+
+    from slowfast_vgen.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"lora_options \['lr'\]: set them with"):
+        SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lora_options={"lr": 1.0})
+
+
+def test_fresh_episodes_give_every_epoch_new_worlds():
+    fixed, fresh = data(), WorldLoopDataModule(num_episodes=2, chunk_frames=2, chunks_out=1, fresh_episodes=True)
+    assert fixed.episodes_of_epoch(3)[0]["seed"] == fixed.episodes_of_epoch(0)[0]["seed"] == 20_000
+    assert [fresh.episodes_of_epoch(e)[i]["seed"] for e in (0, 1) for i in (0, 1)] == [20_000, 20_001, 20_002, 20_003]

@@ -112,7 +112,7 @@ def test_remove_gives_back_the_base_modules():
     torch.manual_seed(0)
     unet = build_unet3d("tiny").eval()
     reference = copy.deepcopy(unet)
-    learner = TempLoRA(unet, rank=4)
+    learner = TempLoRA(unet, MaskedDiffusion(), rank=4)
     learner.remove()
     assert [type(m) for m in unet.modules()] == [type(m) for m in reference.modules()]
     assert unet.state_dict().keys() == reference.state_dict().keys()
@@ -130,7 +130,7 @@ def test_saved_memory_reloads_to_identical_outputs(tmp_path):
     for a, b in zip(continued, again):  # same outputs, and the same updates (Adam state restored too)
         assert torch.equal(a.latents, b.latents)
     with pytest.raises(UserInputError, match="rank"):
-        make(True)[1].__class__(build_unet3d("tiny"), rank=8).load(path)
+        make(True)[1].__class__(build_unet3d("tiny"), MaskedDiffusion(), rank=8).load(path)
 
 
 def test_exploding_or_non_finite_updates_are_rolled_back():
@@ -158,9 +158,9 @@ def test_no_local_variant_samples_from_the_whole_sequence():
 
 def test_bad_settings_are_clear_errors():
     with pytest.raises(UserInputError, match="variant"):
-        TempLoRA(build_unet3d("tiny"), variant="best")
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), variant="best")
     with pytest.raises(UserInputError, match="target_modules"):
-        TempLoRA(build_unet3d("tiny"), target_modules=["no_such_layer"])
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), target_modules=["no_such_layer"])
     gen, _ = make(True)
     with pytest.raises(UserInputError, match="one episode at a time"):
         next(gen.stream(torch.rand(2, 2, 3, 16, 16), ACTIONS))
@@ -182,3 +182,14 @@ def test_merged_sampling_matches_and_restores_phi_exactly():
     with learner.merged():  # plain base layers stand in for the LoRA wrappers: a UNet call costs Phi's
         assert n_layers > 0 and not learner.lora_layers()
     assert len(learner.lora_layers()) == n_layers
+
+
+def test_diffusion_is_required_and_is_the_models_own():
+    """No silent epsilon default: the learner must train with the model's diffusion (its prediction type)."""
+    with pytest.raises(TypeError):
+        TempLoRA(build_unet3d("tiny"), rank=4)  # the argument is required: no default
+    with pytest.raises(UserInputError, match="diffusion.*prediction type"):
+        TempLoRA(build_unet3d("tiny"), None, rank=4)
+    v = MaskedDiffusion(prediction_type="v_prediction")
+    learner = TempLoRA(build_unet3d("tiny"), v, rank=4)
+    assert learner.diffusion is v and learner.diffusion.prediction_type == "v_prediction"

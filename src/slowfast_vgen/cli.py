@@ -12,6 +12,7 @@ line naming it and what was expected, and exits with code 2.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -34,6 +35,35 @@ TOOL_COMMANDS = {
     "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, slow-fast, data, metrics) as JSON"),
     "export": ("slowfast_vgen.training:export_main", "UNet weights of a checkpoint -> safetensors"),
 }
+
+
+# Lightning's advertising lines ("💡 Tip: ... install litlogger / litmodels"), logged with rank_zero_info.
+LIGHTNING_TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def _not_a_lightning_tip(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("💡 Tip:") and ("litlogger" in message or "litmodels" in message))
+
+
+def quiet_lightning() -> None:
+    """Drop two kinds of noise from every ``sfvgen`` command, and nothing else.
+
+    * Lightning's "💡 Tip:" lines advertising litlogger / litmodels (a logging filter on those records only);
+    * torch's FutureWarning "`isinstance(treespec, LeafSpec)` is deprecated", raised from Lightning's own
+      ``lightning/pytorch/utilities/_pytree.py`` (not from this project; filtered by message, category and
+      module, so the same warning from any other module still shows).
+    """
+    for name in LIGHTNING_TIP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_lightning_tip not in logger.filters:
+            logger.addFilter(_not_a_lightning_tip)
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
 
 
 def _usage() -> str:
@@ -83,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
+    quiet_lightning()
     try:
         if command in LIGHTNING_COMMANDS:
             return run_lightning(argv)

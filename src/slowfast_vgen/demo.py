@@ -1,7 +1,9 @@
 """``sfvgen demo`` (= ``make demo``): the paper in five minutes on a CPU, with no download.
 
-1. Build the demo model from ``experiments/world_demo.yaml`` and load the shipped weights
-   (``src/slowfast_vgen/assets/world_demo.safetensors``); without them, train for ``--train-minutes``.
+1. Build the demo model from ``experiments/world_demo.yaml`` (shipped inside the package as
+   ``slowfast_vgen/configs/world_demo.yaml``, an identical copy, so that a non-editable install finds it) and
+   load the shipped weights (``slowfast_vgen/assets/world_demo.safetensors``); without them, train for
+   ``--train-minutes``.
 2. Generate revisit episodes of the built-in world (leave a place, come back) with and without
    Temp-LoRA, through ``trainer.predict`` and the TempLoRA callback.
 3. Score them (SRC, SCuts, PSNR/SSIM at revisited frames vs the real world) and write a report folder:
@@ -18,7 +20,9 @@ from pathlib import Path
 from slowfast_vgen.errors import UserInputError
 
 PACKAGE = Path(__file__).resolve().parent
-DEFAULT_CONFIG = PACKAGE.parents[1] / "experiments" / "world_demo.yaml"
+# Package data (setup.cfg [options.package_data]), not the source tree's experiments/: the copy of
+# experiments/world_demo.yaml that tests/test_packaging.py keeps identical to it.
+DEFAULT_CONFIG = PACKAGE / "configs" / "world_demo.yaml"
 DEFAULT_WEIGHTS = PACKAGE / "assets" / "world_demo.safetensors"
 
 
@@ -37,9 +41,12 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
     print(f"no weights at {weights}: training the demo model for {train_minutes} min on the built-in world")
     import lightning as L
 
+    from slowfast_vgen.training import default_progress_bar
+
     trainer = L.Trainer(
         max_time={"minutes": train_minutes}, max_steps=-1, accelerator="auto", devices=1, logger=False,
         enable_checkpointing=False, limit_val_batches=0, default_root_dir=str(out / "train"),
+        callbacks=[default_progress_bar()],  # "Epoch N", not "Epoch N/-2" (the run is time-limited)
     )
     trainer.fit(system, cli.datamodule)
     return system, world, {"weights": None, "trained_here_minutes": train_minutes, "steps": trainer.global_step}

@@ -104,7 +104,7 @@ class TempLoRA:
     def __init__(
         self,
         unet: nn.Module,
-        diffusion: MaskedDiffusion | None = None,
+        diffusion: MaskedDiffusion,
         rank: int = 32,
         alpha: float | None = None,
         target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
@@ -131,11 +131,17 @@ class TempLoRA:
             raise UserInputError(
                 f"Temp-LoRA: need rank >= 1, steps_per_chunk >= 1, lr >= 0; got {rank}, {steps_per_chunk}, {lr}"
             )
-        self.unet, self.diffusion = unet, diffusion or MaskedDiffusion()
+        if diffusion is None:
+            raise UserInputError(
+                "Temp-LoRA: `diffusion` is required: pass the model's own MaskedDiffusion (its noise schedule and "
+                "prediction type), e.g. TempLoRA(system.unet, system.diffusion); a default would train epsilon "
+                "prediction on a model that may predict v or z_0"
+            )
+        self.unet, self.diffusion = unet, diffusion
         self.rank, self.alpha = rank, float(alpha if alpha is not None else rank)
         self.target_modules = list(target_modules)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
-        self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, explode_factor, seed
+        self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, float(explode_factor), seed
         n_train = self.diffusion.num_train_timesteps
         lo, hi = timestep_range if timestep_range is not None else (0, n_train)
         if draws < 1 or clean_context < 0 or not 0 <= lo < hi <= n_train or loss_guard < 0:

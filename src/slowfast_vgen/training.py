@@ -5,11 +5,14 @@
   shared across sections (``frames: ${data.init_args.frames}``).
 * Config errors (unknown key, wrong type) print one line and exit with code 2.
 * The resolved config is saved in the run's log directory (LightningCLI's SaveConfigCallback).
+* The default progress bar is :func:`default_progress_bar`: Lightning's, without the "Epoch 0/-2" that a
+  step-limited run (``max_steps`` set, ``max_epochs`` unset, hence -1) otherwise shows.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import warnings
 from pathlib import Path
@@ -17,9 +20,27 @@ from typing import Any, NoReturn
 
 import lightning as L
 from omegaconf import OmegaConf
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from slowfast_vgen.errors import UserInputError
+
+
+class StepLimitedRichProgressBar(RichProgressBar):
+    """Lightning's rich progress bar; "Epoch N" instead of "Epoch N/-2" when the epochs are unlimited
+    (``max_epochs`` -1, as Lightning sets it when only ``max_steps`` or ``max_time`` limits the run)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs < 0:
+            description = f"Epoch {current_epoch}"
+            return f"{description:{len(self.validation_description)}}"  # padded as Lightning does
+        return super()._get_train_description(current_epoch)
+
+
+def default_progress_bar() -> ProgressBar:
+    """The progress bar Lightning would pick (rich if installed, else tqdm), step-limited runs shown right."""
+    return StepLimitedRichProgressBar() if importlib.util.find_spec("rich") is not None else TQDMProgressBar()
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -100,6 +121,15 @@ class SfvgenCLI(LightningCLI):
         for path in _config_paths(args):
             check_config_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
         super().parse_arguments(parser, args)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in [*configured, *callbacks]
+        ):
+            callbacks = [*callbacks, default_progress_bar()]  # instead of Lightning's default one
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
         try:

@@ -27,8 +27,19 @@ SCHEDULERS: dict[str, Callable[..., object]] = {
     "dpm-solver": lambda cfg, **kw: DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", **kw),
     "ddim": lambda cfg, **kw: DDIMScheduler.from_config(cfg, **kw),
     "ddpm": lambda cfg, **kw: DDPMScheduler.from_config(cfg, **kw),
+    # Euler has no ``thresholding`` option in diffusers: ChunkSampler thresholds its clean-sample estimate itself.
     "euler": lambda cfg, **kw: EulerDiscreteScheduler.from_config(cfg),
 }
+
+DYNAMIC_THRESHOLDING_RATIO = 0.995  # diffusers' default, used by the DDPM / DDIM / DPM-Solver schedulers
+
+
+def threshold_sample(sample: torch.Tensor, sample_max_value: float, ratio: float = DYNAMIC_THRESHOLDING_RATIO) -> torch.Tensor:
+    """Dynamic thresholding (Imagen) of a predicted clean sample, exactly as diffusers' DDPM/DDIM/DPM-Solver do it."""
+    dtype, (b, *_) = sample.dtype, sample.shape
+    flat = sample.float().reshape(b, -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=sample_max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
 
 
 class ChunkSampler:
@@ -59,6 +70,7 @@ class ChunkSampler:
         if num_inference_steps < 1:
             raise UserInputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         self.scheduler_name = scheduler
+        self.thresholding, self.sample_max_value = thresholding, sample_max_value
         extra = dict(thresholding=True, sample_max_value=sample_max_value) if thresholding else {}
         self.scheduler = SCHEDULERS[scheduler](scheduler_config, **extra)
         self.num_inference_steps = num_inference_steps
@@ -85,8 +97,10 @@ class ChunkSampler:
             ctx = torch.cat([context, context])  # (2B, C, f_p, h, w); f_p may be 0
             txt = torch.cat([null, text])
         n = ctx.shape[0] // b
-        inp = torch.cat([ctx, x.repeat(n, 1, 1, 1, 1)], dim=2)  # (nB, C, f_p + f_g, h, w)
-        inp = self.scheduler.scale_model_input(inp, t)
+        # Only the noisy frames are scaled (Euler divides by sqrt(sigma^2 + 1)); the context stays clean, as
+        # the model saw it in training and as the other schedulers (identity scaling) pass it.
+        x_in = self.scheduler.scale_model_input(x, t)
+        inp = torch.cat([ctx, x_in.repeat(n, 1, 1, 1, 1)], dim=2)  # (nB, C, f_p + f_g, h, w)
         eps = denoiser(inp, t.expand(inp.shape[0]), txt)[:, :, f_p:]  # (nB, C, f_g, h, w)
         if use_image:
             e_u, e_i, e_t = eps.chunk(3)
@@ -123,5 +137,27 @@ class ChunkSampler:
         x = latents * self.scheduler.init_noise_sigma  # z_T for the new frames
         for t in tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress):
             eps = self.guided_noise(denoiser, context, x, t, text, null_text)
+            if self.thresholding and isinstance(self.scheduler, EulerDiscreteScheduler):
+                eps = self._euler_thresholded_output(eps, x)
             x = self.scheduler.step(eps, t, x).prev_sample
         return torch.cat([context, x.to(context.dtype)], dim=2)  # the clean context, re-inserted
+
+    def _euler_thresholded_output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The model output that makes Euler's clean-sample estimate the dynamically thresholded one.
+
+        diffusers' Euler scheduler has no ``thresholding``; this applies the same rule the other schedulers
+        apply to their predicted z_0, by inverting Euler's (linear) map from model output to z_0.
+        """
+        sigma = self.scheduler.sigmas[self.scheduler.step_index].to(out.device, torch.float32)
+        kind = self.scheduler.config.prediction_type
+        xf, of = x.float(), out.float()
+        if kind == "epsilon":  # z_0 = x - sigma eps
+            x0 = xf - sigma * of
+            new = (xf - threshold_sample(x0, self.sample_max_value)) / sigma
+        elif kind == "v_prediction":  # z_0 = -sigma / sqrt(sigma^2 + 1) v + x / (sigma^2 + 1)
+            a, c = -sigma / (sigma**2 + 1) ** 0.5, 1 / (sigma**2 + 1)
+            x0 = a * of + c * xf
+            new = (threshold_sample(x0, self.sample_max_value) - c * xf) / a
+        else:  # "sample": the output is z_0
+            new = threshold_sample(of, self.sample_max_value)
+        return new.to(out.dtype)

@@ -57,7 +57,11 @@ class SlowFastLoopSystem(SlowLearningSystem):
     """Algorithm 1b on top of :class:`SlowLearningSystem` (same networks, diffusion and arguments).
 
     Extra args: ``memory_dir`` (D_s files), ``lora_rank``, ``lora_lr``, ``lora_steps_per_chunk``,
-    ``lora_targets`` (the fast learner, as :class:`slowfast_vgen.lora.TempLoRA`).
+    ``lora_targets`` (the fast learner, as :class:`slowfast_vgen.lora.TempLoRA`); ``lora_options``: any other
+    :class:`~slowfast_vgen.lora.TempLoRA` arguments (e.g. the ``memory`` preset's ``draws``, ``reverse``,
+    ``clean_context``, ``text_condition``, ``reverse_actions``), so that Phi learns to read the memory that the
+    learner used at inference writes; ``records_repeat``: passes over D_s per epoch (the inner loop costs far
+    more than an outer step, so each D_s can serve several).
     """
 
     def __init__(
@@ -69,14 +73,22 @@ class SlowFastLoopSystem(SlowLearningSystem):
         lora_steps_per_chunk: int = 1,
         lora_targets: list[str] = list(DEFAULT_TARGETS),
         records_per_batch: int = 1,
+        lora_options: dict[str, Any] | None = None,
+        records_repeat: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if records_per_batch < 1:
-            raise UserInputError(f"records_per_batch must be >= 1, got {records_per_batch}")
+        if records_per_batch < 1 or records_repeat < 1:
+            raise UserInputError(f"records_per_batch and records_repeat must be >= 1, got {records_per_batch}, "
+                                 f"{records_repeat}")
+        options = dict(lora_options or {})
+        clash = sorted(set(options) & {"rank", "lr", "steps_per_chunk", "target_modules", "unet", "diffusion"})
+        if clash:
+            raise UserInputError(f"lora_options {clash}: set them with lora_rank / lora_lr / lora_steps_per_chunk / "
+                                 "lora_targets instead")
         self.memory_dir = Path(memory_dir)
         self.learner = TempLoRA(self.unet, self.diffusion, rank=lora_rank, lr=lora_lr,
-                                steps_per_chunk=lora_steps_per_chunk, target_modules=lora_targets)
+                                steps_per_chunk=lora_steps_per_chunk, target_modules=lora_targets, **options)
         self.theta_names = [n for n, _ in self.unet.named_parameters() if ".lora_" in n and ADAPTER in n]
         self._set_theta_trainable(False)
 
@@ -125,7 +137,9 @@ class SlowFastLoopSystem(SlowLearningSystem):
         for i in range(len(chunks) - 1):
             for name, value in self._theta().items():  # l.8: record Theta_i BEFORE it sees X_{i+1}
                 tensors[f"theta.{i}.{name}"] = value.detach().to("cpu", copy=True)
-            self.learner.update(chunks[i], chunks[i + 1], null)  # l.9: fast learning, Phi fixed
+            reverse = self.learner.reverse_action(actions[i])
+            self.learner.update(chunks[i], chunks[i + 1], null, text=self.encode_text([actions[i]]),  # l.9: Phi fixed
+                                reverse_text=None if reverse is None else self.encode_text([reverse]))
         for i, chunk in enumerate(chunks):
             tensors[f"x.{i}"] = chunk[0].detach().to("cpu", copy=True).contiguous()  # (C, F, h, w)
         with atomic_path(path) as tmp:
@@ -196,6 +210,8 @@ def slow_fast_dataloader(system: SlowFastLoopSystem, episodes: Dataset, epoch: i
     from slowfast_vgen.datamodules.common import ResumableDataLoader
 
     data = system.build_slow_dataset(episodes, epoch)
+    if system.hparams.records_repeat > 1:
+        data = SlowDataset(data.records * system.hparams.records_repeat)
     loader = ResumableDataLoader(data, batch_size=system.hparams.records_per_batch, shuffle=True, seed=0,
                                  num_workers=num_workers, collate_fn=collate_records)
     loader.sampler.set_epoch(epoch)
