@@ -1,7 +1,7 @@
 """``sfvgen demo`` (= ``make demo``): the paper in five minutes on a CPU, with no download.
 
 1. Build the demo model from ``experiments/world_demo.yaml`` (shipped inside the package as
-   ``slowfast_vgen/configs/world_demo.yaml``, an identical copy, so that a non-editable install finds it) and
+   ``slowfast_vgen/configs/world_demo.yaml``, a symlink the wheel build resolves, so that a non-editable install finds it) and
    load the shipped weights (``slowfast_vgen/assets/world_demo.safetensors``); without them, train for
    ``--train-minutes``.
 2. Generate revisit episodes of the built-in world (leave a place, come back) with and without
@@ -20,8 +20,8 @@ from pathlib import Path
 from slowfast_vgen.errors import UserInputError
 
 PACKAGE = Path(__file__).resolve().parent
-# Package data (setup.cfg [options.package_data]), not the source tree's experiments/: the copy of
-# experiments/world_demo.yaml that tests/test_packaging.py keeps identical to it.
+# Package data (setup.cfg [options.package_data]), not the source tree's experiments/: a symlink to
+# experiments/world_demo.yaml in the repository, a real file in a wheel (tests/test_packaging.py).
 DEFAULT_CONFIG = PACKAGE / "configs" / "world_demo.yaml"
 DEFAULT_WEIGHTS = PACKAGE / "assets" / "world_demo.safetensors"
 
