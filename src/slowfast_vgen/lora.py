@@ -354,11 +354,6 @@ class TempLoRA:
                 self.set_enabled(True)
         ratio = with_theta / without if without > 0 else 1.0
         return ratio < self.novelty_gate, ratio
-        record.memory_ratio = ratio
-        if ratio < self.novelty_gate:
-            record.skipped, record.reason = True, f"already remembered (loss ratio {ratio:.3f} < {self.novelty_gate})"
-            return True
-        return False
 
     def _roll_back(self, snapshot: dict, record: UpdateRecord, reason: str) -> UpdateRecord:
         self._restore(snapshot)
