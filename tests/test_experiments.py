@@ -29,6 +29,9 @@ SHRINK = {
     "object_return_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
     "path_retrace_slow.yaml": ["--data.init_args.num_episodes", "2", "--data.init_args.val_episodes", "1"],
     "path_retrace_loop.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.init_weights", "null"],
+    "doom_slow.yaml": ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1",
+                       "--data.init_args.frames", "4", "--data.init_args.min_frames", "3",
+                       "--data.init_args.max_context", "2"],
     "memory_loop_world.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.lora_steps_per_chunk", "1"],
 }
 
@@ -63,6 +66,8 @@ def test_experiment_instantiates_and_runs_a_cpu_fast_dev_run(path: Path, tmp_pat
                                                              monkeypatch):
     monkeypatch.setenv("MODELSCOPE", str(tiny_modelscope))
     monkeypatch.setenv("SHARDS", str(tiny_shards))
+    monkeypatch.setenv("DOOM_SHARDS", str(tiny_shards))
+    monkeypatch.setenv("DOOM_VAL_SHARDS", str(tiny_shards))
     monkeypatch.chdir(tmp_path)  # runs/ and logs land in the temporary folder
     cli = load_experiment(str(path), CPU + SHRINK.get(path.name, []))
     assert cli.model is not None and cli.datamodule is not None

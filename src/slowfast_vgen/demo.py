@@ -8,6 +8,10 @@
    Temp-LoRA, through ``trainer.predict`` and the TempLoRA callback.
 3. Score them (SRC, SCuts, PSNR/SSIM at revisited frames vs the real world) and write a report folder:
    ``index.html``, ``report.md``, ``results.json``, ``similarity.png``, ``videos/*.mp4|gif``.
+
+``--shards DIR`` takes the episodes from a recording with poses instead (e.g. ViZDoom from ``sfvgen data
+record``; :mod:`slowfast_vgen.datamodules.recorded`), with ``--config``/``--weights`` of a model trained on such
+data (``experiments/doom_slow.yaml``).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
     overrides = ["--trainer.default_root_dir", str(out / "train"), "--trainer.enable_checkpointing", "false"]
     cli = load_system(str(config), str(weights) if shipped else None, overrides=overrides)
     system = cli.model
-    world = {k: cli.datamodule.hparams[k] for k in ("cells", "cell_size", "view_size", "speed")}
+    hp = cli.datamodule.hparams
+    # the world's settings, or (a shard-set experiment) the resolution it trains at
+    world = {k: hp[k] for k in ("cells", "cell_size", "view_size", "speed", "resolution") if k in hp}
     if shipped:
-        print(f"loaded the shipped demo model: {weights}")
+        print(f"loaded the {'shipped demo model' if weights == DEFAULT_WEIGHTS else 'weights'}: {weights}")
         return system, world, {"weights": str(weights), "trained_here_minutes": 0}
     print(f"no weights at {weights}: training the demo model for {train_minutes} min on the built-in world")
     import lightning as L
@@ -65,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     lora_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="revisit episodes recorded in a shard set with poses (e.g. `sfvgen data record`) instead "
+                             "of the built-in world; use with --config/--weights of a model trained on such data")
+    parser.add_argument("--pose-tolerance", type=float, default=4.0,
+                        help="--shards: frames within this distance (map units) and at the same angle are one place")
     args = parser.parse_args(argv)
-    from slowfast_vgen.datamodules.world import REVERSE
+    if args.shards is not None:
+        from slowfast_vgen.datamodules.vizdoom_recorder import REVERSE
+    else:
+        from slowfast_vgen.datamodules.world import REVERSE
 
     lora = lora_kwargs(args, REVERSE)
     if args.episodes < 2:
@@ -80,8 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     system, world, model_info = build_demo_system(args.config, args.weights, args.train_minutes, args.out)
     system.sampler.num_inference_steps = args.steps
     chunk = system.generator.chunk_frames
-    episodes = WorldRevisitDataset(args.episodes, seed=args.seed, chunk_frames=chunk, chunks_out=args.chunks_out,
-                                   min_gap=chunk + system.generator.context_frames, **world)
+    if args.shards is not None:
+        from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset
+
+        if not args.shards.is_dir():
+            raise UserInputError(f"--shards {str(args.shards)!r}: not a folder (expected a shard set with a "
+                                 f"manifest.json, e.g. from `sfvgen data record`)")
+        episodes = RecordedRevisitDataset(args.shards, world.get("resolution"), chunk, system.generator.context_frames,
+                                          episodes=args.episodes, pose_tolerance=args.pose_tolerance)
+    else:
+        world.pop("resolution", None)
+        episodes = WorldRevisitDataset(args.episodes, seed=args.seed, chunk_frames=chunk, chunks_out=args.chunks_out,
+                                       min_gap=chunk + system.generator.context_frames, **world)
     print(f"generating {args.episodes} revisit episodes without Temp-LoRA ...")
     plain = generate_episodes(system, episodes, None)
     print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora['rank']}, lr {lora['lr']}, "
@@ -94,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": model_info, "config": str(args.config), "episodes": args.episodes, "first_seed": args.seed,
         "chunk_frames": chunk, "context_frames": system.generator.context_frames, "chunks_out_and_back": args.chunks_out,
+        **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance} if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
         "temp_lora": {**lora, "variant": "temp-lora", "targets": "to_q,to_k,to_v,to_out.0"}, "world": world,

@@ -101,11 +101,31 @@ def revisit_memory_score(
                 diff = (video[j].float() - video[i].float())[:, m]  # (C, pixels)
                 total += float((diff**2).sum())
                 count += diff.numel()
+    return _pooled(total, count, video.shape[1])
+
+
+def _pooled(total: float, count: int, channels: int) -> dict[str, float]:
     if count == 0:
         return {"Revisit MSE": math.nan, "Revisit PSNR": math.nan, "memory pixels": 0.0}
     mse = total / count
     return {"Revisit MSE": mse, "Revisit PSNR": min(100.0, 10 * math.log10(1.0 / max(mse, 1e-10))),
-            "memory pixels": float(count // video.shape[1])}
+            "memory pixels": float(count // channels)}
+
+
+def revisit_frame_score(video: torch.Tensor, revisits: list[tuple[int, list[int]]]) -> dict[str, float]:
+    """The revisit score of recorded episodes, where a revisit is a whole frame (a pose, not a pixel's place:
+    :mod:`slowfast_vgen.datamodules.recorded` keeps only the later visits whose place left the window).
+
+    Squared error of each later visit against the first visit as generated (a given frame is the real one),
+    pooled over the episode; the same keys as :func:`revisit_memory_score` (NaN when nothing needs memory).
+    """
+    total, count = 0.0, 0
+    for i, js in revisits:
+        for j in js:
+            diff = video[j].float() - video[i].float()
+            total += float((diff**2).sum())
+            count += diff.numel()
+    return _pooled(total, count, video.shape[1])
 
 
 # -- diagnostics: is the memory written, is it read, what does it damage? ----------------------------------

@@ -31,6 +31,31 @@ MEMORY_TEXT = (
     "PSNR; its drop is what memory costs elsewhere."
 )
 
+RECORDED_MEMORY_TEXT = (
+    "Recorded episodes: a revisit is a whole frame whose pose (position within the tolerance, same angle) matches "
+    "an earlier frame while no context frame of its chunk does (the place had left the window). Revisit PSNR: "
+    "those frames against the first visit as generated (frame 0: the real one). Floor: no memory. Ceiling: a "
+    "perfect memory (squared error 0). Gap closed: the share of the floor's squared error that Temp-LoRA "
+    "removes. Other PSNR: the other generated frames against the real ones; its drop is what memory costs "
+    "elsewhere. Episodes with no such frame have no revisit scores (n in results.json)."
+)
+
+WORLD_TEXT = (
+    "{n} episodes of the built-in world: each leaves its start and comes back along the same path. "
+    "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a "
+    "place and later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): "
+    "generated vs real frames at the revisited frames. Places beyond the first view are ones the model has never "
+    "been shown: at best it can come back to what it generated itself, so PSNR/SSIM against the real frames stay "
+    "low there even for a perfect memory; SRC compares the video with itself."
+)
+
+RECORDED_TEXT = (
+    "{n} recorded episodes ({source}), each generated from its first real frame under its own action stream. "
+    "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a place and "
+    "later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): generated vs real frames "
+    "at the revisited frames."
+)
+
 MOTION_TEXT = (
     "Motion MSE: each generated frame against the previous one moved by the camera step of its action, on the "
     "pixels both show (the real video scores 0). Still MSE: against the previous frame unmoved, what a model that "
@@ -121,30 +146,27 @@ def write_report(
     table.append("| with − without (paired) | " + " | ".join(
         f"{diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}" for k in keys) + " |")
     n = len(without)
-    motion = _motion_table(summary)
+    recorded = "Motion MSE" not in summary["without Temp-LoRA"]  # recorded episodes: no camera per pixel
+    motion = [] if recorded else _motion_table(summary)
+    intro = (RECORDED_TEXT.format(n=n, source=settings.get("shards", "a shard set")) if recorded
+             else WORLD_TEXT.format(n=n))
+    memory_lines = _memory_lines(memory, RECORDED_MEMORY_TEXT if recorded else MEMORY_TEXT) if memory else []
     lines = [
         "# Revisit benchmark: with and without Temp-LoRA", "",
-        f"{n} episodes of the built-in world: each leaves its start and comes back along the same path. "
-        "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a "
-        "place and later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): "
-        "generated vs real frames at the revisited frames. Places beyond the first view are ones the model has never "
-        "been shown: at best it can come back to what it generated itself, so PSNR/SSIM against the real frames stay "
-        "low there even for a perfect memory; SRC compares the video with itself.", "",
+        intro, "",
         *table, "",
         "## Did Temp-LoRA help on this model?", "",
         *[f"- **{k}**: {verdicts[k]} (paired difference {diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}, "
-          f"t = {diffs[k]['t']:.2f}, p = {diffs[k]['p']:.3g}, n = {n})" for k in keys], "",
-        *(_memory_lines(memory) if memory else []),
-        "## Does the model follow the actions?", "",
-        MOTION_TEXT, "",
-        *motion, "",
+          f"t = {diffs[k]['t']:.2f}, p = {diffs[k]['p']:.3g}, n = {diffs[k]['n']})" for k in keys], "",
+        *memory_lines,
+        *(["## Does the model follow the actions?", "", MOTION_TEXT, "", *motion, ""] if motion else []),
         "## Frame by frame", "",
         *[f"![episode {seed}: real / without / with Temp-LoRA](videos/episode_{seed}_frames.png)" for seed in rows], "",
         "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
     ]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
-    _write_html(out, lines, rows, table, motion, verdicts, _memory_lines(memory) if memory else [])
+    _write_html(out, lines, rows, table, motion, verdicts, memory_lines)
     return out / "index.html"
 
 
@@ -161,10 +183,10 @@ def memory_summary(summary: dict, diffs: dict) -> dict[str, Any]:
     }
 
 
-def _memory_lines(memory: dict[str, Any]) -> list[str]:
+def _memory_lines(memory: dict[str, Any], text: str = MEMORY_TEXT) -> list[str]:
     mse = memory["revisit_mse"]
     return [
-        "## Does Temp-LoRA remember?", "", MEMORY_TEXT, "",
+        "## Does Temp-LoRA remember?", "", text, "",
         "| | floor: no memory | Temp-LoRA | ceiling: perfect memory |", "|---|---|---|---|",
         f"| Revisit MSE ↓ | {mse['floor_no_memory']:.4f} | {mse['temp_lora']:.4f} | 0 |", "",
         f"- Gap closed: **{100 * memory['gap_closed']:.1f} %** of the floor-to-ceiling gap; Revisit PSNR "
@@ -204,8 +226,10 @@ def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str],
     memory_html = ""
     if memory:  # heading, text, table (5 lines), bullets
         bullets = "".join(f"<li>{html.escape(b[2:]).replace('**', '')}</li>" for b in memory if b.startswith("- "))
-        memory_html = (f"<h2>Does Temp-LoRA remember?</h2><p>{html.escape(MEMORY_TEXT)}</p>"
+        memory_html = (f"<h2>Does Temp-LoRA remember?</h2><p>{html.escape(memory[2])}</p>"
                        f"{_html_table([r for r in memory if r.startswith('|')])}<ul>{bullets}</ul>")
+    motion_html = (f"<h2>Does the model follow the actions?</h2><p>{html.escape(MOTION_TEXT)}</p>{_html_table(motion)}"
+                   if motion else "")
     settings = html.escape(json.dumps(json.loads((out / "results.json").read_text())["settings"], indent=2))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SlowFast-VGen demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -213,7 +237,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 figure img{{image-rendering:pixelated;width:384px}}figure img.strip{{width:auto;max-width:1080px}}</style></head><body>
 <h1>Revisit benchmark: with and without Temp-LoRA</h1><p>{html.escape(lines[2])}</p>
 {_html_table(table)}<h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>{memory_html}
-<h2>Does the model follow the actions?</h2><p>{html.escape(MOTION_TEXT)}</p>{_html_table(motion)}
+{motion_html}
 <h2>Similarity to the first visit over time</h2><img style="display:block;width:640px" src="similarity.png">
 <h2>Videos</h2><div>{videos}</div><h2>Frame by frame</h2><div>{strips}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""
     with atomic_path(out / "index.html") as tmp:

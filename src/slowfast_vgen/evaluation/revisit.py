@@ -54,36 +54,48 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
     context window, against the first visit as generated (:mod:`slowfast_vgen.evaluation.memory`), and
     ``Other PSNR``, the action-following error (Motion MSE) of the frames that are not later visits as a PSNR:
     what memory may damage elsewhere."""
-    from slowfast_vgen.evaluation.memory import revisit_memory_score
+    from slowfast_vgen.evaluation.memory import revisit_frame_score, revisit_memory_score
 
     results = []
     for out, ep in zip(outputs, (episodes[i] for i in range(len(episodes)))):
         video, real = out["video"][0], ep["frames"]
-        revisits = [(i, list(js)) for i, js in ep["revisits"]]
+        revisits = [(i, list(js)) for i, js in ep["revisits"] if js]
         later = sorted(j for _, js in revisits for j in js)
         cuts = SceneCuts()
         cuts.update(video[None])
-        psnr, ssim = PSNR(max_db=100.0), SSIM()
-        psnr.update(video[later][None], real[later][None])
-        ssim.update(video[later][None], real[later][None])
-        ((src_score, _),) = src.video_scores(video[None], [revisits])
-        feats = {}
-        index = sorted({i for i, _ in revisits} | set(later))
-        for k, f in zip(index, src.embed(video[index])):
-            feats[k] = f
-        similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
-                      for i, js in revisits for j in js]
-        following = action_following(video, ep["positions"], ep["world_size"])  # decoded: already in [0, 1]
-        if chunk_frames is not None and context_frames is not None:
-            memory = revisit_memory_score(video, revisits, ep["positions"], ep["world_size"], chunk_frames, context_frames)
-            other = action_following(video, ep["positions"], ep["world_size"], skip=set(later))["Motion MSE"]
-            following.update({k: memory[k] for k in ("Revisit PSNR", "Revisit MSE")},
-                             **{"Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))})
+        scores = {"SRC": math.nan, "SCuts": math.nan, "PSNR": math.nan, "SSIM": math.nan}
+        similarity = []
+        if later:  # a recorded episode may have no frame that needs memory: its revisit scores are NaN
+            psnr, ssim = PSNR(max_db=100.0), SSIM()
+            psnr.update(video[later][None], real[later][None])
+            ssim.update(video[later][None], real[later][None])
+            ((src_score, _),) = src.video_scores(video[None], [revisits])
+            feats = {}
+            index = sorted({i for i, _ in revisits} | set(later))
+            for k, f in zip(index, src.embed(video[index])):
+                feats[k] = f
+            similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
+                          for i, js in revisits for j in js]
+            scores.update({"SRC": 100 * src_score, "PSNR": float(psnr.compute()), "SSIM": float(ssim.compute())})
+        scores["SCuts"] = float(cuts.compute())
+        if "positions" in ep:  # the built-in world: the camera of every pixel is known
+            following = action_following(video, ep["positions"], ep["world_size"])  # decoded: already in [0, 1]
+            if chunk_frames is not None and context_frames is not None:
+                memory = revisit_memory_score(video, revisits, ep["positions"], ep["world_size"], chunk_frames,
+                                              context_frames)
+                other = action_following(video, ep["positions"], ep["world_size"], skip=set(later))["Motion MSE"]
+                following.update({k: memory[k] for k in ("Revisit PSNR", "Revisit MSE")},
+                                 **{"Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))})
+        else:  # recorded episodes: revisits are whole frames at a matching pose; "Other PSNR" is fidelity
+            memory = revisit_frame_score(video, revisits)
+            others = [t for t in range(1, video.shape[0]) if t not in set(later)]
+            other = float(((video[others].float() - real[others].float()) ** 2).mean())
+            following = {"Revisit PSNR": memory["Revisit PSNR"], "Revisit MSE": memory["Revisit MSE"],
+                         "Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))}
         updates = [u for u in out.get("updates", []) if u is not None]
         results.append(EpisodeResult(
             seed=int(ep["seed"]), video=video, real=real, revisits=revisits,
-            scores={"SRC": 100 * src_score, "SCuts": float(cuts.compute()), "PSNR": float(psnr.compute()),
-                    "SSIM": float(ssim.compute()), **following},
+            scores={**scores, **following},
             similarity=sorted(similarity), rollbacks=sum(u.rolled_back for u in updates),
         ))
     return results
@@ -122,20 +134,26 @@ def action_following(video: torch.Tensor, positions: torch.Tensor, world_size: i
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation over episodes of each score."""
+    """Mean and standard deviation over episodes of each score (``n``: episodes that have it; a recorded
+    episode with no frame that needs memory has no revisit scores)."""
     out = {}
     for key in results[0].scores:
-        values = [r.scores[key] for r in results]
-        out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        values = [r.scores[key] for r in results if not math.isnan(r.scores[key])]
+        out[key] = {"mean": statistics.fmean(values) if values else math.nan,
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return out
 
 
 def paired_difference(with_lora: list[EpisodeResult], without: list[EpisodeResult], key: str) -> dict[str, float]:
     """Per-episode difference (with - without): mean, std, n, a t statistic of the mean and its two-sided
-    p-value (paired t-test, n - 1 degrees of freedom; NaN below 2 episodes)."""
+    p-value (paired t-test, n - 1 degrees of freedom; NaN below 2 episodes). Episodes where either score is NaN
+    are left out (``n`` counts the pairs used)."""
     from scipy.stats import t as student_t
 
     diffs = [a.scores[key] - b.scores[key] for a, b in zip(with_lora, without)]
+    diffs = [d for d in diffs if not math.isnan(d)]  # episodes without the score (nothing to revisit)
+    if not diffs:
+        return {"mean": math.nan, "std": math.nan, "n": 0, "t": math.nan, "p": math.nan}
     mean = statistics.fmean(diffs)
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     t = mean / (std / math.sqrt(len(diffs))) if std > 0 else (math.inf if mean else 0.0)

@@ -34,6 +34,20 @@ class Chunk:
     update: UpdateRecord | None
 
 
+def chunk_action(item: str | tuple[str, int] | list, chunk_frames: int) -> tuple[str, int]:
+    """``"text"`` -> (text, chunk_frames); ``(text, n)`` -> (text, n) with n >= 1 checked."""
+    if isinstance(item, str):
+        return item, chunk_frames
+    try:
+        text, n = item
+        n = int(n)
+    except (TypeError, ValueError):
+        raise UserInputError(f"chunk action {item!r}: expected a text or (text, n_frames)") from None
+    if not isinstance(text, str) or n < 1:
+        raise UserInputError(f"chunk action {item!r}: expected a text and n_frames >= 1")
+    return text, n
+
+
 class LongVideoGenerator:
     """Generate arbitrarily long action-driven videos chunk by chunk, optionally with Temp-LoRA memory.
 
@@ -76,7 +90,7 @@ class LongVideoGenerator:
     def stream(
         self,
         first: torch.Tensor,
-        actions: Iterable[str],
+        actions: Iterable[str | tuple[str, int]],
         seed: int = 0,
         decode: bool = True,
         progress: bool = False,
@@ -84,7 +98,9 @@ class LongVideoGenerator:
     ) -> Iterator[Chunk]:
         """Yield chunks for ``actions`` after ``first`` (B, T0, C, H, W) pixels in [0, 1].
 
-        ``context_latents`` (B, C, f, h, w) continues a stopped world instead of encoding ``first``.
+        An action is a text (a chunk of ``chunk_frames`` frames) or ``(text, n_frames)``: recorded episodes
+        change action at any frame, and their chunks end where the action does (the model is trained on mixed
+        clip lengths, Sec. 3.1). ``context_latents`` (B, C, f, h, w) continues a stopped world instead of encoding ``first``.
         """
         if context_latents is None:
             check_video(first, "first frames")
@@ -96,11 +112,12 @@ class LongVideoGenerator:
         null = self.text_encoder([""]).to(device)
         generator = torch.Generator(device=device).manual_seed(seed)
         context = context_latents[:, :, -self.context_frames :]
-        for i, action in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
+        for i, item in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
+            action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
             merge = self.temp_lora is not None and self.merge_for_sampling
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
-                z = self.sampler.sample(self.denoise, context, self.chunk_frames, text, null, generator)  # l.8
+                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
             update = None
             if self.temp_lora is not None:  # Alg. 1a l.11-14
@@ -113,7 +130,7 @@ class LongVideoGenerator:
             yield chunk
             context = torch.cat([context, new], dim=2)[:, :, -self.context_frames :]  # l.5: X_{i+1} <- Y_i
 
-    def generate(self, first: torch.Tensor, actions: Iterable[str], seed: int = 0, progress: bool = False) -> torch.Tensor:
+    def generate(self, first: torch.Tensor, actions: Iterable[str | tuple[str, int]], seed: int = 0, progress: bool = False) -> torch.Tensor:
         """The whole video (B, T0 + n * f_g, C, H, W) on the CPU: the first frames, then every chunk."""
         parts = [first.cpu()]
         parts += [c.video.cpu() for c in self.stream(first, actions, seed=seed, progress=progress)]

@@ -1,0 +1,136 @@
+"""Recorded episodes (a shard set with per-frame poses, e.g. ``sfvgen data record``) as revisit benchmark episodes.
+
+The built-in world's benchmark (:class:`~slowfast_vgen.datamodules.world.WorldRevisitDataset`) knows the camera
+of every pixel; a recording knows the pose of every frame. So here a revisit is a whole frame: frame ``j`` of
+the generated video revisits frame ``i < j`` when their poses agree (position within ``pose_tolerance`` map
+units, angle within ``angle_tolerance`` degrees), and it *needs memory* when no context frame of ``j``'s chunk
+is at that pose (the place has left the window, paper Sec. 3.2). Explicit revisits in the ground truth (the
+recorder's exact warp-back) count the same way. Only frames that need memory are benchmark revisits.
+
+Chunks follow the recording's action spans: a span of ``n`` frames becomes chunks of at most ``chunk_frames``
+frames, each generated under the span's action (``(text, n_frames)``, as
+:meth:`~slowfast_vgen.generation.LongVideoGenerator.stream` takes them). Frame 0 is given (real); every later
+frame is generated.
+
+Item (the same contract as the world's revisit episodes): ``first`` (1, C, H, W), ``frames`` (T, C, H, W) real,
+``actions`` ``[(text, n_frames), ...]``, ``revisits`` ``[(first_visit, [later, ...])]``, ``seed`` (the episode's
+index), ``episode`` (its name), ``poses`` (T, P) and ``pose_names``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from slowfast_vgen.datamodules.shard_dataset import ShardEpisodeDataset, episode_chunks
+from slowfast_vgen.datamodules.shards import BadSample
+from slowfast_vgen.errors import UserInputError
+
+
+def chunk_starts(n_frames: int, chunks: list[tuple[int, int, str]]) -> np.ndarray:
+    """Frame -> first frame of the chunk that generates it (frame 0 and frames in no chunk: -1)."""
+    start = np.full(n_frames, -1, dtype=np.int64)
+    for a, b, _ in chunks:
+        start[a:b] = a
+    return start
+
+
+def pose_revisits(
+    poses: np.ndarray,
+    starts: np.ndarray,
+    context_frames: int,
+    pose_tolerance: float = 4.0,
+    angle_tolerance: float = 1e-3,
+    explicit: list[tuple[int, int]] = (),
+) -> list[tuple[int, list[int]]]:
+    """Revisit groups ``[(first_visit, [later, ...])]`` of the frames that need memory.
+
+    ``poses`` (T, >= 4) as (x, y, z, angle in degrees); ``starts`` from :func:`chunk_starts`. Frame ``j`` (a
+    generated frame) revisits the earliest frame ``i`` whose pose matches; it needs memory when none of the
+    ``context_frames`` frames before its chunk matches it. ``explicit`` (later, first) pairs are added under the
+    same memory rule.
+    """
+    if poses.ndim != 2 or poses.shape[1] < 4 or len(poses) != len(starts):
+        raise UserInputError(f"pose_revisits: poses must be (T, >= 4) with T = {len(starts)} frames, got "
+                             f"{tuple(poses.shape)}")
+    if pose_tolerance < 0 or angle_tolerance < 0:
+        raise UserInputError(f"pose_revisits: tolerances must be >= 0, got {pose_tolerance} and {angle_tolerance}")
+    xy, angle = poses[:, :2].astype(np.float64), poses[:, 3].astype(np.float64)
+    dist = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    turn = np.abs((angle[:, None] - angle[None, :] + 180.0) % 360.0 - 180.0)
+    match = (dist <= pose_tolerance) & (turn <= angle_tolerance)  # (T, T), symmetric
+    for j, i in explicit:
+        match[j, i] = match[i, j] = True
+    groups: dict[int, list[int]] = {}
+    for j in range(len(poses)):
+        s = int(starts[j])
+        if s < 0:
+            continue  # given, not generated
+        context = range(max(0, s - context_frames), s)
+        if any(match[j, k] for k in context):
+            continue  # the context shows this place: copying, not memory
+        earlier = np.flatnonzero(match[j, :s])
+        if len(earlier):
+            groups.setdefault(int(earlier[0]), []).append(j)
+    return sorted(groups.items())
+
+
+class RecordedRevisitDataset(Dataset):
+    """Revisit benchmark episodes from a shard set with poses in its ground truth (see the module docstring).
+
+    ``episodes``: how many (the first ones, in manifest order; default all). Episodes without any frame that
+    needs memory are kept (they score NaN on the revisit scores and are left out of the paired statistics).
+    """
+
+    def __init__(
+        self,
+        roots: str | Path | list[str | Path],
+        resolution: Any = None,
+        chunk_frames: int = 4,
+        context_frames: int = 4,
+        episodes: int | None = None,
+        pose_tolerance: float = 4.0,
+        angle_tolerance: float = 1e-3,
+    ) -> None:
+        if chunk_frames < 1 or context_frames < 1:
+            raise UserInputError(f"chunk_frames and context_frames must be >= 1, got {chunk_frames} and {context_frames}")
+        self.source = ShardEpisodeDataset(roots, resolution)
+        if episodes is not None and not 1 <= episodes <= len(self.source):
+            raise UserInputError(f"episodes={episodes}: the shard set holds {len(self.source)} episodes")
+        self.num_episodes = len(self.source) if episodes is None else episodes
+        self.chunk_frames, self.context_frames = chunk_frames, context_frames
+        self.pose_tolerance, self.angle_tolerance = pose_tolerance, angle_tolerance
+        self.seed = 0  # episodes are numbered from 0 (the world's benchmark numbers them by seed)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_episodes:
+            raise IndexError(index)
+        try:
+            ep = self.source.load(index)
+        except BadSample as err:  # a benchmark episode must not be skipped silently
+            raise UserInputError(f"benchmark episode {self.source.episodes[index][0]!r} is unreadable: {err.key}: "
+                                 f"{err.reason} (run `sfvgen data verify`)") from None
+        poses = [p for gt in ep["gt"] for p in gt.get("pose", [])]
+        video = ep["video"]
+        if len(poses) != len(video):
+            raise UserInputError(f"episode {ep['episode']!r}: {len(poses)} poses for {len(video)} frames; the revisit "
+                                 f"benchmark needs one pose per frame in the samples' gt (docs/data-format.md)")
+        chunks = episode_chunks(ep, self.chunk_frames)
+        if not chunks or chunks[0][0] != 1 or any(a != b for (_, b, _), (a, _, _) in zip(chunks, chunks[1:])):
+            raise UserInputError(f"episode {ep['episode']!r}: its actions must label every frame after the first "
+                                 f"without gaps or overlaps, got spans {ep['actions'][:4]}...")
+        poses = np.asarray(poses, dtype=np.float64)
+        revisits = pose_revisits(poses, chunk_starts(len(video), chunks), self.context_frames, self.pose_tolerance,
+                                 self.angle_tolerance, [(j, i) for i, js in ep["revisits"] for j in js])
+        end = chunks[-1][1]
+        return {"first": video[:1], "frames": video[:end], "actions": [(t, b - a) for a, b, t in chunks],
+                "revisits": [(i, [j for j in js if j < end]) for i, js in revisits], "seed": index,
+                "episode": ep["episode"], "poses": torch.from_numpy(poses[:end]),
+                "pose_names": ep["gt"][0].get("pose_names") if ep["gt"] else None}
