@@ -11,6 +11,14 @@ Action file rows (one per action interval; JSONL objects or CSV with a header)::
 
 One video is one episode. Actions that start after the end of the video are dropped and counted; those that
 run past it are clipped. Videos without action rows are skipped and counted.
+
+Ground truth (``--gt FILE``, JSONL, optional): one row per frame of a video, ``{"video": ..., "frame": N, x: ...,
+y: ..., ..., "revisit_of": M}``. ``frame`` counts the source video's frames from 0; every other key except
+``revisit_of`` is a pose field (numbers; the same fields for all frames of a video, in the order of its first
+row, e.g. ``x, y, z, angle``); ``revisit_of`` (optional) names an earlier frame that shows the same place
+exactly. They go into each sample's ``gt`` (``pose_names``, ``pose``, ``revisits``; docs/data-format.md), which
+the revisit benchmark reads (:mod:`slowfast_vgen.datamodules.recorded` derives revisits from the poses). A
+video with ground truth must have a row for every frame, or it is skipped and named in the summary.
 """
 
 from __future__ import annotations
@@ -89,6 +97,84 @@ def read_action_file(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+GT_RESERVED = ("video", "frame", "revisit_of")
+
+
+def read_gt_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Parse a ground-truth JSONL file: video -> ``{"pose_names", "pose": {frame: [...]}, "revisits": {frame: of}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"ground-truth file {path} not found")
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"ground-truth file {path}: not UTF-8 text (byte {err.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserInputError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict) or not str(obj.get("video") or "").strip() or obj.get("frame") is None:
+            raise UserInputError(f"{where}: expected an object with video, frame and pose fields, got {line[:80]!r}")
+        frame = int(_number(obj["frame"], "frame", where))
+        names = [k for k in obj if k not in GT_RESERVED]
+        entry = out.setdefault(str(obj["video"]).strip(), {"pose_names": names, "pose": {}, "revisits": {}})
+        if names != entry["pose_names"]:
+            raise UserInputError(f"{where}: pose fields {names}; earlier rows of this video have {entry['pose_names']}")
+        pose = []
+        for k in names:
+            value = obj[k]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise UserInputError(f"{where}: pose field {k!r} must be a number, got {value!r}")
+            pose.append(float(value))
+        if frame in entry["pose"]:
+            raise UserInputError(f"{where}: frame {frame} of {obj['video']!r} appears twice")
+        entry["pose"][frame] = pose
+        if obj.get("revisit_of") is not None:
+            of = int(_number(obj["revisit_of"], "revisit_of", where))
+            if of >= frame:
+                raise UserInputError(f"{where}: revisit_of ({of}) must be an earlier frame than {frame}")
+            entry["revisits"][frame] = of
+    return out
+
+
+def _check_gt(entry: dict[str, Any], video: str) -> None:
+    """Rows for frames 0 .. N-1 without a gap (checked before anything of the video is written)."""
+    frames = sorted(entry["pose"])
+    gap = next((i for i, f in enumerate(frames) if f != i), None)
+    if gap is not None:
+        raise UserInputError(f"ground truth of {video!r} has no row for frame {gap} (one row per frame from 0)")
+    late = [f for f, of in entry["revisits"].items() if f >= len(frames)]
+    if late:
+        raise UserInputError(f"ground truth of {video!r}: revisit at frame {late[0]} beyond its {len(frames)} rows")
+
+
+def _gt_frames(frames, entry: dict[str, Any], flag: dict[str, int]):
+    """The video's frames, stopped at the last frame with ground truth (``flag["extra"]`` set if there were more)."""
+    n = len(entry["pose"])
+    for i, frame in enumerate(frames):
+        if i == n:
+            flag["extra"] = 1
+            return
+        yield frame
+
+
+def _gt_segments(entry: dict[str, Any]):
+    """The writer's ``gt(start, stop)`` for one video's ground truth."""
+
+    def gt(start: int, stop: int) -> dict[str, Any]:
+        revisits = [{"frame": f, "of_frame": of, "exact": True} for f, of in sorted(entry["revisits"].items())
+                    if start <= f < stop]
+        return {"pose_names": entry["pose_names"], "pose": [entry["pose"][f] for f in range(start, stop)],
+                "revisits": revisits}
+
+    return gt
+
+
 def find_videos(folder: str | Path) -> dict[str, Path]:
     """Videos under ``folder`` by relative path and by unique file stem."""
     folder = Path(folder)
@@ -121,12 +207,16 @@ def build_shards(
     limit_shards: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    gt: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build (or resume building) a shard set; returns a summary (also printed by the CLI)."""
     from tqdm import tqdm
 
     size = parse_size(size)
     rows = read_action_file(actions)
+    truth = read_gt_file(gt) if gt is not None else {}
+    if truth and fps is not None:
+        raise UserInputError("--gt counts the source video's frames: it cannot be combined with --fps resampling")
     files = find_videos(videos)
     by_video: dict[Path, list[dict[str, Any]]] = defaultdict(list)
     missing = []
@@ -140,14 +230,15 @@ def build_shards(
         first = rows[0]["video"] if rows else None
         raise UserInputError(f"none of the {len(rows)} action rows of {actions} names a video found in {videos} "
                              f"(first: {first!r}; videos found: {len(set(files.values()))})")
-    options = {"fps": fps, "shard_bytes": shard_bytes, "domain": domain, "first_frame_only": first_frame_only}
+    options = {"fps": fps, "shard_bytes": shard_bytes, "domain": domain, "first_frame_only": first_frame_only,
+               "gt": None if gt is None else Path(gt).name}
     writer = ShardSetWriter(out, "video", options, video=video, crf=crf, gop=gop, segment_frames=segment_frames,
                             overlap=overlap, shard_bytes=shard_bytes, limit_shards=limit_shards, size=size,
                             overwrite=overwrite, pix_fmt=pix_fmt)
     summary: dict[str, Any] = {"out": str(out), "videos": len(by_video), "skipped_videos": {},
                                "unlabelled_videos": len(set(files.values()) - set(by_video)),
                                "actions_for_missing_videos": len(missing), "dropped_actions": 0,
-                               "clipped_actions": 0, "resumed_samples": writer.resumed_samples, "stopped": False}
+                               "clipped_actions": 0, "gt_notes": {}, "resumed_samples": writer.resumed_samples, "stopped": False}
     if writer.already_complete:
         summary.update(complete=True, note="already complete; nothing to do (use --overwrite to rebuild)")
         summary.update({k: writer.manifest[k] for k in ("num_shards", "num_samples", "num_episodes", "num_frames")})
@@ -177,8 +268,20 @@ def build_shards(
                     scale = out_fps if r["unit"] == "s" else out_fps / src_fps
                     a = math.floor(r["start"] * scale + 0.5)  # nearest frame, halves up
                     spans.append((a, max(a + 1, math.floor(r["end"] * scale + 0.5)), r["action"]))
+                rel = path.relative_to(folder).as_posix()
+                entry = truth.get(rel) or truth.get(path.stem) or truth.get(vrows[0]["video"])
+                flag = {"extra": 0}
+                if entry:
+                    _check_gt(entry, rel)
+                    frames = _gt_frames(frames, entry, flag)
                 counts = writer.write_episode(episode, frames, out_fps, sorted(spans), dom, ffo,
-                                              source={"video": path.relative_to(folder).as_posix()})
+                                              _gt_segments(entry) if entry else None, source={"video": rel})
+                if entry and counts["frames"] < len(entry["pose"]):  # written, each frame with its row
+                    summary["gt_notes"][rel] = (f"{len(entry['pose'])} ground-truth rows, {counts['frames']} frames: "
+                                                f"the rows after the last frame are not used")
+                if flag["extra"]:
+                    summary["gt_notes"][rel] = (f"the video goes on after the last of its {len(entry['pose'])} "
+                                                f"ground-truth rows: the episode stops there")
             except UserInputError as err:
                 summary["skipped_videos"][path.relative_to(folder).as_posix()] = str(err)
                 continue

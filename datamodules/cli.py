@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-shards", type=_positive, default=None, help="stop after writing N shards (resumable)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing shard set in OUT first")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--gt", default=None, help="per-frame ground truth (JSONL: video, frame, pose fields, optional "
+                                              "revisit_of) for the revisit benchmark (docs/data-format.md)")
 
     p = sub.add_parser("verify", help="check a shard set against its manifest (sizes, sha256, crc32)")
     p.add_argument("shards")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                            pix_fmt=args.pix_fmt, fps=args.fps, size=args.size, segment_frames=args.segment_frames,
                            overlap=args.overlap, shard_bytes=args.shard_size, domain=args.domain,
                            first_frame_only=args.first_frame_only, limit_shards=args.limit_shards,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+                           overwrite=args.overwrite, progress=not args.no_progress, gt=args.gt)
     elif args.command == "verify":
         from slowfast_vgen.datamodules.shards import verify_shards
 

@@ -2,8 +2,8 @@
 
 The built-in world's benchmark (:class:`~slowfast_vgen.datamodules.world.WorldRevisitDataset`) knows the camera
 of every pixel; a recording knows the pose of every frame. So here a revisit is a whole frame: frame ``j`` of
-the generated video revisits frame ``i < j`` when their poses agree (position within ``pose_tolerance`` map
-units, angle within ``angle_tolerance`` degrees), and it *needs memory* when no context frame of ``j``'s chunk
+the generated video revisits frame ``i < j`` when their poses agree (position, the fields named x/y/z, within
+``pose_tolerance`` map units; angle, the field named angle or yaw, within ``angle_tolerance`` degrees), and it *needs memory* when no context frame of ``j``'s chunk
 is at that pose (the place has left the window, paper Sec. 3.2). Explicit revisits in the ground truth (the
 recorder's exact warp-back) count the same way. Only frames that need memory are benchmark revisits.
 
@@ -39,8 +39,26 @@ def chunk_starts(n_frames: int, chunks: list[tuple[int, int, str]]) -> np.ndarra
     return start
 
 
+POSITION_NAMES = ("x", "y", "z")
+ANGLE_NAMES = ("angle", "yaw")
+
+
+def split_pose(poses: np.ndarray, names: list[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(T, P) poses -> positions (T, k) from the fields named x, y, z and the angle (T,) in degrees from the field
+    named angle or yaw (None if there is none). Without names: the recorder's (x, y, z, angle)."""
+    names = list(names) if names else ["x", "y", "z", "angle"][: poses.shape[1]]
+    if len(names) != poses.shape[1]:
+        raise UserInputError(f"{poses.shape[1]} pose fields but {len(names)} pose_names {names}")
+    pos = [i for i, n in enumerate(names) if n.lower() in POSITION_NAMES]
+    ang = [i for i, n in enumerate(names) if n.lower() in ANGLE_NAMES]
+    if not pos:
+        raise UserInputError(f"pose_names {names}: the revisit benchmark needs position fields named x, y (and z)")
+    return poses[:, pos].astype(np.float64), (poses[:, ang[0]].astype(np.float64) if ang else None)
+
+
 def pose_revisits(
-    poses: np.ndarray,
+    positions: np.ndarray,
+    angles: np.ndarray | None,
     starts: np.ndarray,
     context_frames: int,
     pose_tolerance: float = 4.0,
@@ -49,24 +67,25 @@ def pose_revisits(
 ) -> list[tuple[int, list[int]]]:
     """Revisit groups ``[(first_visit, [later, ...])]`` of the frames that need memory.
 
-    ``poses`` (T, >= 4) as (x, y, z, angle in degrees); ``starts`` from :func:`chunk_starts`. Frame ``j`` (a
-    generated frame) revisits the earliest frame ``i`` whose pose matches; it needs memory when none of the
+    ``positions`` (T, k), ``angles`` (T,) in degrees or None (see :func:`split_pose`); ``starts`` from
+    :func:`chunk_starts`. Frame ``j`` (a generated frame) revisits the earliest frame ``i`` whose pose matches
+    (distance <= ``pose_tolerance``, angles within ``angle_tolerance``); it needs memory when none of the
     ``context_frames`` frames before its chunk matches it. ``explicit`` (later, first) pairs are added under the
     same memory rule.
     """
-    if poses.ndim != 2 or poses.shape[1] < 4 or len(poses) != len(starts):
-        raise UserInputError(f"pose_revisits: poses must be (T, >= 4) with T = {len(starts)} frames, got "
-                             f"{tuple(poses.shape)}")
+    if positions.ndim != 2 or len(positions) != len(starts) or (angles is not None and len(angles) != len(starts)):
+        raise UserInputError(f"pose_revisits: positions must be (T, k) with T = {len(starts)} frames, got "
+                             f"{tuple(positions.shape)}")
     if pose_tolerance < 0 or angle_tolerance < 0:
         raise UserInputError(f"pose_revisits: tolerances must be >= 0, got {pose_tolerance} and {angle_tolerance}")
-    xy, angle = poses[:, :2].astype(np.float64), poses[:, 3].astype(np.float64)
-    dist = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
-    turn = np.abs((angle[:, None] - angle[None, :] + 180.0) % 360.0 - 180.0)
-    match = (dist <= pose_tolerance) & (turn <= angle_tolerance)  # (T, T), symmetric
+    dist = np.sqrt(((positions[:, None, :] - positions[None, :, :]) ** 2).sum(-1))
+    match = dist <= pose_tolerance  # (T, T), symmetric
+    if angles is not None:
+        match &= np.abs((angles[:, None] - angles[None, :] + 180.0) % 360.0 - 180.0) <= angle_tolerance
     for j, i in explicit:
         match[j, i] = match[i, j] = True
     groups: dict[int, list[int]] = {}
-    for j in range(len(poses)):
+    for j in range(len(positions)):
         s = int(starts[j])
         if s < 0:
             continue  # given, not generated
@@ -127,10 +146,13 @@ class RecordedRevisitDataset(Dataset):
             raise UserInputError(f"episode {ep['episode']!r}: its actions must label every frame after the first "
                                  f"without gaps or overlaps, got spans {ep['actions'][:4]}...")
         poses = np.asarray(poses, dtype=np.float64)
-        revisits = pose_revisits(poses, chunk_starts(len(video), chunks), self.context_frames, self.pose_tolerance,
-                                 self.angle_tolerance, [(j, i) for i, js in ep["revisits"] for j in js])
+        names = ep["gt"][0].get("pose_names") if ep["gt"] else None
+        positions, angles = split_pose(poses, names)
+        revisits = pose_revisits(positions, angles, chunk_starts(len(video), chunks), self.context_frames,
+                                 self.pose_tolerance, self.angle_tolerance,
+                                 [(j, i) for i, js in ep["revisits"] for j in js])
         end = chunks[-1][1]
         return {"first": video[:1], "frames": video[:end], "actions": [(t, b - a) for a, b, t in chunks],
                 "revisits": [(i, [j for j in js if j < end]) for i, js in revisits], "seed": index,
                 "episode": ep["episode"], "poses": torch.from_numpy(poses[:end]),
-                "pose_names": ep["gt"][0].get("pose_names") if ep["gt"] else None}
+                "pose_names": names}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from testutils import REPO
+from testutils import REPO, world_shards
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.evaluation.cli import load_eval_config, main
 
@@ -25,8 +25,17 @@ def test_every_paper_table_has_an_eval_config():
     assert {load_eval_config(str(p), [])["table"] for p in EVALS} == set(EXPECTED) | {"table2"}
 
 
+@pytest.fixture(scope="module")
+def recorded_shards(tmp_path_factory):
+    """Stands in for the ViZDoom test episodes of the *_doom configs (same contract: poses in the gt)."""
+    root = tmp_path_factory.mktemp("recorded") / "shards"
+    world_shards(root, chunk_frames=4)
+    return root
+
+
 @pytest.mark.parametrize("path", REVISIT_EVALS, ids=lambda p: p.name)
-def test_eval_config_runs_at_tiny_size(path, tmp_path):
+def test_eval_config_runs_at_tiny_size(path, tmp_path, recorded_shards, monkeypatch):
+    monkeypatch.setenv("DOOM_TEST_SHARDS", str(recorded_shards))
     assert main(["-c", str(path), *TINY, f"out={tmp_path}"]) == 0
     result = json.loads((tmp_path / "table.json").read_text())
     table = result["protocol"]["table"]

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from testutils import REPO, world_shards
 
-from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset, chunk_starts, pose_revisits
-from slowfast_vgen.datamodules.shardset import ShardSetWriter
+from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset, chunk_starts, pose_revisits, split_pose
 from slowfast_vgen.datamodules.world import revisit_episode
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.evaluation.memory import revisit_frame_score
@@ -19,8 +19,8 @@ from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, s
 from slowfast_vgen.generation.long_video import chunk_action
 
 
-def line_poses(xs: list[float]) -> np.ndarray:
-    return np.array([[x, 0.0, 0.0, 90.0] for x in xs])
+def line_poses(xs: list[float], angle: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+    return split_pose(np.array([[x, 0.0, 0.0, angle] for x in xs]), ["x", "y", "z", "angle"])
 
 
 def test_pose_revisits_keep_only_places_that_left_the_window():
@@ -29,23 +29,29 @@ def test_pose_revisits_keep_only_places_that_left_the_window():
     chunks = [(a, min(a + 2, 11), "x") for a in range(1, 11, 2)]
     starts = chunk_starts(11, chunks)
     assert starts.tolist() == [-1, 1, 1, 3, 3, 5, 5, 7, 7, 9, 9]
-    groups = pose_revisits(line_poses(xs), starts, context_frames=2, pose_tolerance=0)
+    groups = pose_revisits(*line_poses(xs), starts, context_frames=2, pose_tolerance=0)
     # frame 6 (x=4): its chunk starts at 5, context frames 3, 4 show x=3, 4: copying, not memory.
     # frame 7 (x=3): context 5, 6 (x=5, 4): needs memory of frame 3; 8 -> 2, 9 -> 1, 10 -> 0 likewise
     # (frame 8's context is 5, 6 too: it is in the chunk that starts at 7).
     assert groups == [(0, [10]), (1, [9]), (2, [8]), (3, [7])]
     # a tolerance of one unit: frame 7 (x=3) matches context frame 6 (x=4), so it does not need memory
-    wide = pose_revisits(line_poses(xs), starts, context_frames=2, pose_tolerance=1.0)
+    wide = pose_revisits(*line_poses(xs), starts, context_frames=2, pose_tolerance=1.0)
     assert 7 not in {j for _, js in wide for j in js}
     # another angle is another view
-    turned = line_poses(xs)
-    turned[7:, 3] = 180.0
-    assert pose_revisits(turned, starts, 2, 0) == []
+    positions, angles = line_poses(xs)
+    angles[7:] = 180.0
+    assert pose_revisits(positions, angles, starts, 2, 0) == []
+    assert pose_revisits(positions, None, starts, 2, 0) == groups  # no angle field: position only
     # explicit pairs count under the same memory rule
     far = line_poses([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
-    assert pose_revisits(far, starts, 2, 0, explicit=[(10, 0)]) == [(0, [10])]
-    with pytest.raises(UserInputError, match="poses must be"):
-        pose_revisits(np.zeros((3, 2)), starts, 2)
+    assert pose_revisits(*far, starts, 2, 0, explicit=[(10, 0)]) == [(0, [10])]
+    with pytest.raises(UserInputError, match="positions must be"):
+        pose_revisits(np.zeros((3, 2)), None, starts, 2)
+    # pose fields are found by name, in any order
+    pos, ang = split_pose(np.array([[90.0, 1.0, 2.0]]), ["yaw", "x", "y"])
+    assert pos.tolist() == [[1.0, 2.0]] and ang.tolist() == [90.0]
+    with pytest.raises(UserInputError, match="position fields"):
+        split_pose(np.zeros((1, 2)), ["speed", "angle"])
 
 
 def test_chunk_actions_are_texts_or_text_and_length():
@@ -54,22 +60,6 @@ def test_chunk_actions_are_texts_or_text_and_length():
     for bad in (("stay", 0), ("stay",), (3, 2), 5):
         with pytest.raises(UserInputError, match="chunk action"):
             chunk_action(bad, 4)
-
-
-def world_shards(root, seeds=(0, 1), chunk_frames=2, chunks_out=3):
-    """Revisit episodes of the built-in world written as a recording: frames, per-frame actions, poses."""
-    writer = ShardSetWriter(root, "test-world", {}, video="mp4-lossless")
-    episodes = []
-    for seed in seeds:
-        ep = revisit_episode(seed, chunk_frames=chunk_frames, chunks_out=chunks_out, min_gap=1)
-        frames = (ep["frames"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
-        spans = [(1 + c * chunk_frames, 1 + (c + 1) * chunk_frames, a) for c, a in enumerate(ep["actions"])]
-        poses = [[float(x), float(y), 0.0, 0.0] for x, y in ep["positions"].tolist()]
-        writer.write_episode(f"world-{seed}", iter(frames), 8.0, spans, "game", False,
-                             lambda a, b, poses=poses: {"pose_names": ["x", "y", "z", "angle"], "pose": poses[a:b]})
-        episodes.append(ep)
-    writer.finish()
-    return episodes
 
 
 def test_recorded_episodes_from_shards_match_the_world(tmp_path):
@@ -129,3 +119,115 @@ def test_demo_on_recorded_shards(tmp_path):
     assert len(list((out / "videos").glob("*.mp4"))) == 2
     with pytest.raises(UserInputError, match="not a folder"):
         main(["--shards", str(tmp_path / "nowhere"), "--episodes", "2", "--out", str(out)])
+
+
+def _memory_needed(ep, chunk_frames, context_frames):
+    """The world's exact revisits (same camera position) whose first visit left the chunk's context window."""
+    out = set()
+    for first, js in ep["revisits"]:
+        for j in js:
+            start = 1 + (j - 1) // chunk_frames * chunk_frames
+            context = range(max(0, start - context_frames), start)
+            if not any(torch.equal(ep["positions"][k], ep["positions"][j]) for k in context):
+                out.add(j)
+    return out
+
+
+@pytest.mark.slow
+def test_own_recordings_to_table1_and_table4(tmp_path, monkeypatch):
+    """Plain mp4 videos + action and pose logs -> `data build --gt` -> one short epoch -> Tables 1 and 4."""
+    import yaml
+
+    from slowfast_vgen.cli import main as sfvgen
+    from slowfast_vgen.datamodules.videoio import encode_video
+
+    monkeypatch.chdir(tmp_path)
+    videos, action_rows, gt_rows, world = tmp_path / "videos", [], [], []
+    videos.mkdir()
+    for seed in range(3):
+        ep = revisit_episode(seed, chunk_frames=4, chunks_out=3, min_gap=1)
+        frames = (ep["frames"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        (videos / f"walk{seed}.mp4").write_bytes(encode_video(frames, 8.0, "mp4-lossless")[1])
+        action_rows += [{"video": f"walk{seed}.mp4", "start_frame": 1 + 4 * c, "end_frame": 5 + 4 * c, "action": a}
+                        for c, a in enumerate(ep["actions"])]
+        gt_rows += [{"video": f"walk{seed}.mp4", "frame": t, "x": x, "y": y}
+                    for t, (x, y) in enumerate(ep["positions"].tolist())]
+        world.append(ep)
+    (tmp_path / "actions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in action_rows))
+    (tmp_path / "poses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gt_rows))
+    assert sfvgen(["data", "build", "videos", "actions.jsonl", "shards", "--video", "mp4-lossless",
+                   "--gt", "poses.jsonl", "--no-progress"]) == 0
+
+    # the benchmark episodes found in the shards: exactly the world's revisits that need memory
+    ds = RecordedRevisitDataset("shards", chunk_frames=4, context_frames=4, pose_tolerance=0)
+    for i, ep in enumerate(world):
+        found = {j for _, js in ds[i]["revisits"] for j in js}
+        assert found and found == _memory_needed(ep, 4, 4)
+        for first, js in ds[i]["revisits"]:
+            assert all(torch.equal(ep["positions"][first], ep["positions"][j]) for j in js)
+
+    # one short epoch of slow learning on the shards (the tiny preset)
+    config = yaml.safe_load((REPO / "experiments" / "slow_tiny.yaml").read_text())
+    config["trainer"].update(max_epochs=1, max_steps=-1, limit_train_batches=2, limit_val_batches=0,
+                             default_root_dir="runs", logger=False, callbacks=[
+                                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                  "init_args": {"dirpath": "ckpt", "save_last": True}}])
+    config["trainer"].pop("val_check_interval", None)
+    config["model"]["init_args"].update(chunk_frames=4, context_frames=4, num_inference_steps=2)
+    config["data"] = {"class_path": "slowfast_vgen.datamodules.shard_datamodule.ShardDataModule",
+                      "init_args": {"train_shards": "shards", "batch_size": 2, "frames": 8, "min_frames": 5,
+                                    "max_context": 4}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
+    assert sfvgen(["fit", "-c", "own.yaml"]) == 0
+    assert sfvgen(["export", "ckpt/last.ckpt", "own.safetensors"]) == 0
+
+    for table in ("table1", "table4"):
+        (tmp_path / f"{table}.yaml").write_text(yaml.safe_dump({
+            "table": table, "model": {"config": "own.yaml", "weights": "own.safetensors"},
+            "benchmark": {"shards": "shards", "episodes": 3, "pose_tolerance": 0},
+            "settings": {"steps": 2, "rank": 4, "lr": 1e-3}, "out": f"out/{table}"}))
+        assert sfvgen(["evaluate", "-c", f"{table}.yaml"]) == 0
+        result = json.loads((tmp_path / "out" / table / "table.json").read_text())
+        assert result["protocol"]["episode_source"] == "shards shards" and result["protocol"]["episodes"] == 3
+        assert result["protocol"]["frames_per_episode"] == 25
+        rows = {r["setting"]: r for r in result["rows"]}
+        assert all(math.isfinite(r["SRC"]) and r["episodes"] == 3 for r in rows.values())
+        if table == "table1":
+            assert {"PSNR", "SSIM", "LPIPS"} <= set(rows["Ours SlowFast-VGen"])
+        else:
+            assert len(rows) == 5
+
+
+def test_build_gt_sidecar_checks_every_row(tmp_path):
+    from slowfast_vgen.datamodules.build import build_shards, read_gt_file
+    from slowfast_vgen.datamodules.videoio import encode_video
+
+    frames = np.zeros((6, 16, 16, 3), dtype=np.uint8)
+    (tmp_path / "v").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "v" / f"{name}.mp4").write_bytes(encode_video(frames, 8.0, "mp4-lossless")[1])
+    (tmp_path / "actions.jsonl").write_text("".join(
+        json.dumps({"video": f"{n}.mp4", "start_frame": 1, "end_frame": 6, "action": "go left"}) + "\n" for n in "abc"))
+    rows = [{"video": "a.mp4", "frame": t, "x": t, "y": 0, "revisit_of": 0 if t == 5 else None} for t in range(6)]
+    rows += [{"video": "b.mp4", "frame": t, "x": t, "y": 0} for t in (0, 1, 3, 4, 5)]  # frame 2 missing
+    rows += [{"video": "c.mp4", "frame": t, "x": t, "y": 0} for t in range(4)]  # the video goes on
+    (tmp_path / "gt.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n"
+                                               for r in rows))
+    out = build_shards(tmp_path / "v", tmp_path / "actions.jsonl", tmp_path / "s", video="mp4-lossless",
+                       progress=False, gt=tmp_path / "gt.jsonl")
+    assert out["skipped_videos"] == {"b.mp4": "ground truth of 'b.mp4' has no row for frame 2 (one row per frame from 0)"}
+    assert "stops there" in out["gt_notes"]["c.mp4"] and out["num_episodes"] == 2
+    ds = RecordedRevisitDataset(tmp_path / "s", chunk_frames=1, context_frames=1, pose_tolerance=0)
+    a = ds[[ep for ep, _ in ds.source.episodes].index("a")]
+    assert a["revisits"] == [(0, [5])] and a["pose_names"] == ["x", "y"]  # the explicit revisit
+    c = ds[[ep for ep, _ in ds.source.episodes].index("c")]
+    assert len(c["frames"]) == 4
+    for bad, message in (({"video": "a.mp4", "frame": 0, "x": "left"}, "must be a number"),
+                         ({"video": "a.mp4", "frame": 2, "x": 1, "revisit_of": 2}, "earlier frame"),
+                         ({"video": "a.mp4"}, "expected an object")):
+        (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+        with pytest.raises(UserInputError, match=message):
+            read_gt_file(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe{")
+    with pytest.raises(UserInputError, match="not UTF-8"):
+        read_gt_file(tmp_path / "bad.jsonl")

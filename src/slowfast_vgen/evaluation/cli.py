@@ -3,7 +3,9 @@
 ``sfvgen evaluate human-sheet VIDEO_DIR``: a rating sheet for human evaluation (App. C.3).
 
 An evaluation YAML names the model (an experiment YAML + optional UNet weights), the benchmark (revisit
-episodes of the built-in world) and the table:
+episodes of the built-in world, or with ``benchmark.shards`` recorded episodes with poses, e.g. ViZDoom from
+``sfvgen data record`` or your own from ``sfvgen data build --gt``; ``benchmark.episodes``,
+``benchmark.pose_tolerance``, ``benchmark.resolution``) and the table:
 
 * ``table1``: slow learning (PSNR, SSIM x100, LPIPS x100 and optionally FVD of generated chunks vs real ones,
   from real context frames and the real action) and long videos (SCuts, SRC) with and without Temp-LoRA;
@@ -71,15 +73,19 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> dict[str, 
     metrics = {"PSNR": PSNR(max_db=100.0), "SSIM": SSIM(), "LPIPS": LPIPS()}
     if fvd:
         metrics["FVD"] = FVD()
+    from slowfast_vgen.generation.long_video import chunk_action
+
     f_g, f_p = system.generator.chunk_frames, system.generator.context_frames
     for i in range(len(episodes)):
         ep = episodes[i]
-        real = ep["frames"]  # (T, C, H, W): first frame, then chunks of f_g frames
-        for c, action in enumerate(ep["actions"]):
-            start = 1 + c * f_g
+        real = ep["frames"]  # (T, C, H, W): first frame, then the chunks (f_g frames, or (text, n) of a recording)
+        start = 1
+        for c, item in enumerate(ep["actions"]):
+            action, n = chunk_action(item, f_g)
             context = real[max(0, start - f_p) : start][None]
-            fake = system.generate_chunk(context, [action], f_g, seed=seed + c)[:, context.shape[1] :]
-            target = real[start : start + f_g][None]
+            fake = system.generate_chunk(context, [action], n, seed=seed + c)[:, context.shape[1] :]
+            target = real[start : start + n][None]
+            start += n
             for name, m in metrics.items():
                 if name == "LPIPS" and min(fake.shape[-2:]) < 32:  # AlexNet needs >= 31 px: nearest upsampling
                     up = -(-32 // min(fake.shape[-2:]))
@@ -99,15 +105,25 @@ def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
         from slowfast_vgen.evaluation.planning import run_table2
 
         return run_table2(cfg)
-    system = ablations.build_system(cfg["model"]["config"], cfg["model"].get("weights"))
+    from slowfast_vgen.training import load_system
+
+    cli = load_system(cfg["model"]["config"], cfg["model"].get("weights"))
+    system = cli.model
     s = cfg["settings"]
     system.sampler.num_inference_steps = int(s.get("steps", 20))
     b = cfg["benchmark"]
-    episodes = WorldRevisitDataset(
-        int(b.get("episodes", 4)), seed=int(b.get("seed", 10_000)), chunk_frames=system.generator.chunk_frames,
-        chunks_out=int(b.get("chunks_out", 3)), min_gap=system.generator.chunk_frames + system.generator.context_frames,
-        **b.get("world", {}),
-    )
+    f_g, f_p = system.generator.chunk_frames, system.generator.context_frames
+    if b.get("shards"):  # recorded episodes with poses (sfvgen data record / data build --gt)
+        from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset
+
+        resolution = b.get("resolution", cli.datamodule.hparams.get("resolution"))
+        episodes = RecordedRevisitDataset(repo_path(b["shards"]), resolution, f_g, f_p, episodes=b.get("episodes"),
+                                          pose_tolerance=float(b.get("pose_tolerance", 4.0)))
+    else:
+        episodes = WorldRevisitDataset(
+            int(b.get("episodes", 4)), seed=int(b.get("seed", 10_000)), chunk_frames=f_g,
+            chunks_out=int(b.get("chunks_out", 3)), min_gap=f_g + f_p, **b.get("world", {}),
+        )
     lora = dict(rank=int(s.get("rank", 32)), lr=float(s.get("lr", 1e-4)))
     table = cfg["table"]
     if table == "table1":
@@ -123,8 +139,10 @@ def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
         rows = ablations.lr_rank_grid(system, episodes, s.get("lrs", [1e-3, 1e-4, 1e-5]), s.get("ranks", [16, 32, 64]))
     else:
         rows = ablations.sampling_steps(system, episodes, s.get("sweep", [10, 20, 50]), temp_lora=lora)
+    frames = [len(episodes[i]["frames"]) for i in range(len(episodes))]
     protocol = {"table": table, "episodes": len(episodes), "first_seed": episodes.seed,
-                "frames_per_episode": 1 + len(episodes[0]["actions"]) * system.generator.chunk_frames,
+                "episode_source": f"shards {b['shards']}" if b.get("shards") else "built-in world",
+                "frames_per_episode": frames[0] if len(set(frames)) == 1 else {"min": min(frames), "max": max(frames)},
                 "chunk_frames": system.generator.chunk_frames, "context_frames": system.generator.context_frames,
                 "sampler": system.sampler.scheduler_name, "steps": system.sampler.num_inference_steps,
                 "temp_lora": lora, "model": cfg["model"], "torch_seed_policy": "per-chunk generator seeds"}
