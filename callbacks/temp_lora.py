@@ -44,12 +44,13 @@ class TempLoRA(L.Callback):
         text_condition: str = "none",
         reverse_actions: dict[str, str] | None = None,
         novelty_gate: float = 0.0,
+        lr_decay: float = 0.0,
     ) -> None:
         self.kwargs = dict(rank=rank, alpha=alpha, target_modules=tuple(target_modules), lr=lr,
                            steps_per_chunk=steps_per_chunk, variant=variant, explode_factor=explode_factor, seed=seed,
                            draws=draws, replay=replay, reverse=reverse, clean_context=clean_context,
                            timestep_range=timestep_range, loss_guard=loss_guard, text_condition=text_condition,
-                           reverse_actions=reverse_actions, novelty_gate=novelty_gate)
+                           reverse_actions=reverse_actions, novelty_gate=novelty_gate, lr_decay=lr_decay)
         self.save_dir = save_dir
         self.learner: TempLoRALearner | None = None
 

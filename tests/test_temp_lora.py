@@ -193,3 +193,24 @@ def test_diffusion_is_required_and_is_the_models_own():
     v = MaskedDiffusion(prediction_type="v_prediction")
     learner = TempLoRA(build_unet3d("tiny"), v, rank=4)
     assert learner.diffusion is v and learner.diffusion.prediction_type == "v_prediction"
+
+
+def test_lr_decay_writes_later_chunks_less():
+    """lr / (1 + d * i): the first chunk is written as without decay, the later ones with smaller steps."""
+    def steps(**kw):
+        gen, learner = make(True, explode_factor=float("inf"), **kw)
+        moved, previous = [], [p.detach().clone() for p in learner.params]
+        for _ in gen.stream(first_frames(), ACTIONS * 2, seed=3):
+            now = [p.detach().clone() for p in learner.params]
+            moved.append(float(sum((a - b).abs().sum() for a, b in zip(now, previous))))
+            previous = now
+        return moved, learner
+
+    plain, _ = steps()
+    decayed, learner = steps(lr_decay=1.0)
+    assert decayed[0] == pytest.approx(plain[0])
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / (1 + 5))
+    for i in range(2, 6):  # Adam's step is about lr per weight: the ratio follows the rate
+        assert decayed[i] / plain[i] < 0.75 and decayed[i] / plain[i] == pytest.approx(1 / (1 + i), rel=0.5)
+    with pytest.raises(UserInputError, match="lr_decay"):
+        make(True, lr_decay=-1)

@@ -99,6 +99,9 @@ class TempLoRA:
         loss_guard: if > 0, after a chunk's steps the loss on the first step's batch is computed again; an
             update that raised it past ``loss_guard`` times its value is rolled back (divergence, which a
             gradient-norm check can miss). Costs one forward pass per chunk.
+        lr_decay: chunk ``i`` of an episode learns at ``lr / (1 + lr_decay * i)`` (0: a constant rate, as the
+            paper): early chunks are written firmly, later ones less, so that a return to known places does not
+            overwrite them with the model's re-rendering (docs/memory.md: freezing the memory at the turn helped).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class TempLoRA:
         text_condition: str = "none",
         reverse_actions: dict[str, str] | None = None,
         novelty_gate: float = 0.0,
+        lr_decay: float = 0.0,
     ) -> None:
         if variant not in VARIANTS:
             raise UserInputError(f"Temp-LoRA variant {variant!r}; expected one of {list(VARIANTS)}")
@@ -157,6 +161,9 @@ class TempLoRA:
         self.draws, self.replay, self.reverse, self.clean_context = draws, replay, reverse, clean_context
         self.text_condition, self.reverse_actions = text_condition, dict(reverse_actions or {})
         self.novelty_gate = float(novelty_gate)
+        self.lr_decay = float(lr_decay)
+        if not self.lr_decay >= 0:
+            raise UserInputError(f"Temp-LoRA: lr_decay must be >= 0, got {lr_decay}")
         self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(loss_guard)
         config = LoraConfig(r=rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
         trainable = {n: p.requires_grad for n, p in unet.named_parameters()}
@@ -298,6 +305,8 @@ class TempLoRA:
             new = generated.detach().cpu() if self._sequence else z0.cpu()
             self._sequence.append(new)
             self._texts += [(fwd, rev)] * new.shape[2]  # per frame: its chunk's action and reverse
+        for group in self.optimizer.param_groups:  # lr_decay: later chunks of the episode write less
+            group["lr"] = self.lr / (1.0 + self.lr_decay * chunk)
         snapshot = self._snapshot()
         record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + chunk)

@@ -313,6 +313,7 @@ _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
                      "(0: off)"),
     "--novelty-gate": ("novelty_gate", float, "skip writing a chunk that Theta already explains (loss ratio "
                        "with / without Theta below this; 0: off)"),
+    "--lr-decay": ("lr_decay", float, "chunk i of an episode learns at lr / (1 + lr_decay * i) (0: constant)"),
     "--explode-factor": ("explode_factor", float, "roll back an update whose gradient norm exceeds this multiple "
                          "of the median of the earlier ones (inf: off)"),
 }
