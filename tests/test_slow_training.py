@@ -101,3 +101,46 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     for step in ("1", "2", "3"):  # step 2 and 3 also check that the averaged gradients were the same
         assert abs((ranks[0][step] + ranks[1][step]) / 2 - single[step]) < 1e-5, (step, ranks, single)
     assert ranks[0]["1"] != ranks[1]["1"]  # the ranks really saw different samples
+
+
+def _csv_losses(root):
+    import csv
+
+    (path,) = root.glob("runs/slow_tiny/csv/version_*/metrics.csv")
+    return {int(r["step"]): r["train/loss"] for r in csv.DictReader(path.open()) if r.get("train/loss")}
+
+
+@pytest.mark.slow
+def test_kill_9_then_ckpt_path_last_resumes_the_same_curve_in_the_same_logger_version(tmp_path):
+    """`sfvgen fit --ckpt_path last` after a SIGKILL: the loss curve equals an uninterrupted run's, logged into
+    the stopped run's version with its earlier rows kept; with no checkpoint it is a one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    from testutils import REPO
+
+    logger = ("{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs/slow_tiny, name: csv, "
+              "flush_logs_every_n_steps: 1}}")
+    every = "{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true, every_n_train_steps: 3}}"
+    kill = "{class_path: killat.KillAt, init_args: {step: 5}}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+    def fit(folder, *extra, callbacks=(every,)):
+        folder.mkdir(exist_ok=True)
+        args = [sys.executable, "-m", "slowfast_vgen.cli", "fit", "-c", str(REPO / "experiments" / "slow_tiny.yaml"),
+                "--trainer.max_steps", "8", "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
+                "--trainer.logger", logger, "--trainer.callbacks", f"[{', '.join(callbacks)}]", *extra]
+        return subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+    no_ckpt = fit(tmp_path / "empty", "--ckpt_path", "last")
+    assert no_ckpt.returncode == 2 and "no last.ckpt" in no_ckpt.stderr and "Traceback" not in no_ckpt.stderr
+    assert fit(tmp_path / "full").returncode == 0
+    killed = fit(tmp_path / "stopped", callbacks=(every, kill))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert 3 <= max(_csv_losses(tmp_path / "stopped")) < 7  # it died mid-run, after the step-3 checkpoint
+    resumed = fit(tmp_path / "stopped", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "logging into version_0" in resumed.stdout
+    assert _csv_losses(tmp_path / "stopped") == _csv_losses(tmp_path / "full")
+    assert len(list((tmp_path / "stopped").glob("runs/slow_tiny/csv/version_*"))) == 1

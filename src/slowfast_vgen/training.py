@@ -7,6 +7,10 @@
 * The resolved config is saved in the run's log directory (LightningCLI's SaveConfigCallback).
 * The default progress bar is :func:`default_progress_bar`: Lightning's, without the "Epoch 0/-2" that a
   step-limited run (``max_steps`` set, ``max_epochs`` unset, hence -1) otherwise shows.
+* ``fit --ckpt_path last`` resumes the newest ``last*.ckpt`` under the run's folders (``default_root_dir``, the
+  logger's ``save_dir``, checkpoint ``dirpath``), in any logger version, and logs on into that version (a
+  CSVLogger keeps the metrics the stopped run wrote up to the checkpoint); with none there, it says so and
+  exits 2 (Lightning would warn and train from step 0).
 """
 
 from __future__ import annotations
@@ -132,10 +136,84 @@ class SfvgenCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_classes(self) -> None:
+        self._resume = _resolve_last_checkpoint(self.config, self.subcommand) if self.subcommand else None
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:  # raised while building model/data/trainer from the config
             raise UserInputError(_innermost_user_error(err)) from err
+
+    def before_fit(self) -> None:
+        if self._resume is not None:
+            _keep_csv_metrics(self.trainer, self._resume["step"])
+
+
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    try:
+        value = node[key] if key in node else default
+    except TypeError:
+        return default
+    return default if value is None else value
+
+
+def _resolve_last_checkpoint(config: Any, subcommand: str) -> dict[str, Any] | None:
+    """``--ckpt_path last``: the newest ``last*.ckpt`` of the run, its step, and the logger version to log into.
+
+    Rewrites the subcommand's config in place (``ckpt_path`` -> the file, logger ``version`` -> its version)."""
+    cfg = config[subcommand]
+    if subcommand != "fit" or _get(cfg, "ckpt_path") != "last":
+        return None
+    import re
+
+    import torch
+
+    trainer = cfg["trainer"]
+    logger = _get(trainer, "logger")
+    logger_args = _get(logger, "init_args", {}) if not isinstance(logger, (bool, list)) else {}
+    roots = [_get(trainer, "default_root_dir", "."), _get(logger_args, "save_dir")]
+    for cb in _get(trainer, "callbacks", []) or []:
+        roots.append(_get(_get(cb, "init_args", {}), "dirpath"))
+    found = sorted({p.resolve() for r in roots if r and Path(r).is_dir() for p in Path(r).rglob("last*.ckpt")},
+                   key=lambda p: p.stat().st_mtime)
+    where = ", ".join(sorted({str(r) for r in roots if r}))
+    if not found:
+        raise UserInputError(f"--ckpt_path last: no last.ckpt under {where}: nothing to resume (run without "
+                             f"--ckpt_path to start from step 0)")
+    path = found[-1]
+    try:
+        step = int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file: say which
+        raise UserInputError(f"--ckpt_path last: {path} is not a readable Lightning checkpoint "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    cfg["ckpt_path"] = str(path)
+    version = next((m.group(1) for part in path.parts if (m := re.fullmatch(r"version_(\d+)", part))), None)
+    if version is not None and logger_args:  # one configured logger: log on into the checkpoint's version
+        logger["init_args"]["version"] = int(version)
+    print(f"resuming {path} (step {step}){'' if version is None else f', logging into version_{version}'}")
+    return {"path": str(path), "step": step, "version": version}
+
+
+def _keep_csv_metrics(trainer: L.Trainer, step: int) -> None:
+    """A CSVLogger deletes the metrics.csv of its version when it starts: keep the rows up to the checkpoint."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        rows = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+        rows = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) < step]  # the resumed run relogs the rest
+        writer = logger.experiment  # its creation removes metrics.csv
+        if rows:
+            keys = sorted({k for r in rows for k in r})
+            with path.open("w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=keys)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = keys
 
 
 def _config_paths(args: Any) -> list[str]:
