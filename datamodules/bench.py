@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slowfast_vgen.datamodules.cli import _Parser
+from slowfast_vgen.errors import ArgumentParser
 from slowfast_vgen.datamodules.shard_dataset import ShardClipDataset
 from slowfast_vgen.datamodules.shardset import ShardSetWriter
 from slowfast_vgen.datamodules.videoio import npy_bytes
@@ -106,7 +106,7 @@ def run(preset: str = "small", frames: int = 16, gpu_step_seconds: float = 1.0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="sfvgen bench data", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="sfvgen bench data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--gpu-step-seconds", type=float, default=1.0,

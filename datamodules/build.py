@@ -24,6 +24,7 @@ video with ground truth must have a row for every frame, or it is skipped and na
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -58,17 +59,22 @@ def read_action_file(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserInputError(f"action file {path} not found")
     raw: list[tuple[str, Any]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise UserInputError(f"action file {path}:{line}: not UTF-8 text (byte {err.start}: "
+                             f"{path.read_bytes()[err.start:err.start + 1]!r}); save it as UTF-8") from None
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     raw.append((f"{path}:{n}", json.loads(line)))
                 except json.JSONDecodeError as err:
                     raise UserInputError(f"{path}:{n}: not valid JSON ({err.msg})") from None
     elif path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            raw = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        raw = [(f"{path}:{n}", row) for n, row in enumerate(reader, 2)]
     else:
         raise UserInputError(f"action file {path}: expected a .jsonl or .csv file")
     rows = []
@@ -237,7 +243,8 @@ def build_shards(
                             overwrite=overwrite, pix_fmt=pix_fmt)
     summary: dict[str, Any] = {"out": str(out), "videos": len(by_video), "skipped_videos": {},
                                "unlabelled_videos": len(set(files.values()) - set(by_video)),
-                               "actions_for_missing_videos": len(missing), "dropped_actions": 0,
+                               "actions_for_missing_videos": len(missing),
+                               "missing_videos": sorted(set(missing))[:20], "dropped_actions": 0,
                                "clipped_actions": 0, "gt_notes": {}, "resumed_samples": writer.resumed_samples, "stopped": False}
     if writer.already_complete:
         summary.update(complete=True, note="already complete; nothing to do (use --overwrite to rebuild)")

@@ -12,14 +12,9 @@ import re
 import sys
 from typing import Any
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
 
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UserInputError(f"{self.prog}: {message}")
 
 
 def parse_bytes(text: str) -> int:
@@ -52,22 +47,12 @@ def _bytes_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from slowfast_vgen.datamodules.videoio import PIX_FMTS, VIDEO_KINDS
     from slowfast_vgen.datamodules.vizdoom_recorder import POLICIES
 
-    parser = _Parser(prog="sfvgen data", description="Turn videos and action logs into shards; check shards.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog="sfvgen data", description="Turn videos and action logs into shards; check shards.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     p = sub.add_parser("build", help="videos + action file (JSONL/CSV) -> shard set (resumable)")
     p.add_argument("videos", help="folder of videos (searched recursively)")
@@ -75,18 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output shard directory (rerun the same command to resume)")
     p.add_argument("--video", choices=VIDEO_KINDS, default="mp4", help="storage: mp4 (lossy), mp4-lossless, npy")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality for --video mp4 (lower is better)")
-    p.add_argument("--gop", type=_positive, default=16, help="keyframe interval (frames)")
+    p.add_argument("--gop", type=positive_int, default=16, help="keyframe interval (frames)")
     p.add_argument("--pix-fmt", choices=PIX_FMTS, default="yuv420p",
                    help="chroma of --video mp4 (yuv444p: sharper colour, for game/synthetic frames)")
     p.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: keep)")
     p.add_argument("--size", default=None, help="resize: shorter side (64) or HEIGHTxWIDTH (center crop)")
-    p.add_argument("--segment-frames", type=_positive, default=256, help="frames per sample (episode segment)")
+    p.add_argument("--segment-frames", type=positive_int, default=256, help="frames per sample (episode segment)")
     p.add_argument("--overlap", type=int, default=16, help="context frames repeated from the previous segment")
     p.add_argument("--shard-size", type=_bytes_arg, default="256MB", help="target shard size (e.g. 256MB)")
     p.add_argument("--domain", default="generic", help="domain name stored with each sample (robot: f_p = 1)")
     p.add_argument("--first-frame-only", action=argparse.BooleanOptionalAction, default=None,
                    help="f_p = 1 for every video (default: only for the robot domain)")
-    p.add_argument("--limit-shards", type=_positive, default=None, help="stop after writing N shards (resumable)")
+    p.add_argument("--limit-shards", type=positive_int, default=None, help="stop after writing N shards (resumable)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing shard set in OUT first")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--gt", default=None, help="per-frame ground truth (JSONL: video, frame, pose fields, optional "
@@ -98,21 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("record", help="record ViZDoom revisit episodes straight into shards (the Game domain)")
     p.add_argument("out")
-    p.add_argument("--episodes", type=_positive, default=100)
+    p.add_argument("--episodes", type=positive_int, default=100)
     p.add_argument("--policy", choices=POLICIES, default="mixed")
-    p.add_argument("--loops", type=_positive, default=1, help="leave-and-return trips per episode")
+    p.add_argument("--loops", type=positive_int, default=1, help="leave-and-return trips per episode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenario", default="my_way_home", help="a ViZDoom scenario name or a .wad path")
     p.add_argument("--map", default="map01")
     p.add_argument("--resolution", default="160x120", help="ViZDoom screen resolution, e.g. 160x120, 320x240")
     p.add_argument("--video", choices=VIDEO_KINDS, default="mp4-lossless")
     p.add_argument("--shard-size", type=_bytes_arg, default="64MB")
-    p.add_argument("--limit-shards", type=_positive, default=None)
+    p.add_argument("--limit-shards", type=positive_int, default=None)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("convert", help="convert a recording layout to an action file for `build`")
-    conv = p.add_subparsers(dest="layout", required=True, parser_class=_Parser)
+    conv = p.add_subparsers(dest="layout", required=True, parser_class=ArgumentParser)
     c = conv.add_parser("generic", help="videos with X.actions.{jsonl,csv,txt} sidecars (start, [end,] action)")
     c.add_argument("src")
     c.add_argument("--out", required=True)

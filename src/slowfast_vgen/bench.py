@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import platform
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError
 
 DELEGATED = {
     "temp-lora": "slowfast_vgen.generation.bench:main",
@@ -102,7 +101,7 @@ def lightning_seconds(preset: str, steps: int, warmup: int, device: torch.device
 
 
 def train_step(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sfvgen bench train-step")
+    parser = ArgumentParser(prog="sfvgen bench train-step")
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)

@@ -5,8 +5,9 @@ OmegaConf interpolation (``${data.init_args.frames}``); the resolved config is s
 The other subcommands are plain functions ``main(argv) -> int`` in their modules, imported on use so
 that ``sfvgen --help`` stays fast.
 
-Bad input (a config key that does not exist, a value of the wrong type, an invalid argument) prints one
-line naming it and what was expected, and exits with code 2.
+Bad input (a config key that does not exist, a value of the wrong type, an invalid argument, a file that is
+not what it should be) prints one line naming it and what was expected, and exits with code 2, for every
+command. ``sfvgen --debug COMMAND ...`` (or ``SFVGEN_DEBUG=1``) also prints the traceback behind it.
 """
 
 from __future__ import annotations
@@ -95,10 +96,7 @@ def _one_line(message: str) -> str:
 def run_lightning(argv: list[str]) -> int:
     from slowfast_vgen.training import SfvgenCLI
 
-    try:
-        SfvgenCLI(args=argv)
-    except UserInputError as err:
-        return _fail(str(err))
+    SfvgenCLI(args=argv)  # a UserInputError goes to main's handler
     return 0
 
 
@@ -107,8 +105,22 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _library_input_error(err: BaseException) -> str | None:
+    """The one-line message of a library exception that means "bad input" (None for anything else: a bug)."""
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        return None
+    if isinstance(err, MisconfigurationException):  # e.g. --trainer.max_steps -5
+        return str(err).strip().splitlines()[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--debug":  # tracebacks behind the one-line errors, for developers
+        os.environ["SFVGEN_DEBUG"] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -121,8 +133,22 @@ def main(argv: list[str] | None = None) -> int:
             module, func = TOOL_COMMANDS[command][0].split(":")
             return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except UserInputError as err:
+        _debug_traceback()
         return _fail(str(err))
+    except Exception as err:
+        message = _library_input_error(err)
+        if message is None:
+            raise
+        _debug_traceback()
+        return _fail(message)
     return _fail(f"unknown command {command!r}; expected one of {sorted({**LIGHTNING_COMMANDS, **TOOL_COMMANDS})}")
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("SFVGEN_DEBUG"):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def exit_with_usage_error(message: str) -> NoReturn:

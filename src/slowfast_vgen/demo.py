@@ -16,12 +16,11 @@ data (``experiments/doom_slow.yaml``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
 
 PACKAGE = Path(__file__).resolve().parent
 # Package data (setup.cfg [options.package_data]), not the source tree's experiments/: a symlink to
@@ -61,13 +60,13 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
 def main(argv: list[str] | None = None) -> int:
     from slowfast_vgen.evaluation.memory import lora_kwargs, lora_options
 
-    parser = argparse.ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--episodes", type=int, default=6)
-    parser.add_argument("--chunks-out", type=int, default=3, help="chunks away from the start before returning")
-    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver steps per chunk (paper: 20)")
+    parser.add_argument("--chunks-out", type=positive_int, default=3, help="chunks away from the start before returning")
+    parser.add_argument("--steps", type=positive_int, default=20, help="DPM-Solver steps per chunk (paper: 20)")
     lora_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")

@@ -1,4 +1,13 @@
-"""Errors raised for bad user input. The CLI prints them as one line and exits with code 2."""
+"""Errors raised for bad user input. The CLI prints them as one line and exits with code 2.
+
+Every ``sfvgen`` command parses its options with :class:`ArgumentParser` (an argparse error is one line too)
+and reads user files through helpers that name the file and what was expected (``slowfast_vgen.io``). Set
+``SFVGEN_DEBUG=1`` (or ``sfvgen --debug ...``) to see the traceback behind a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
 
 
 class UserInputError(ValueError):
@@ -7,3 +16,22 @@ class UserInputError(ValueError):
 
 class ModelNotAvailableError(UserInputError, OSError):
     """Pretrained weights are missing (e.g. offline); the message names the file and how to provide it."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad option raises :class:`UserInputError` (exit code 2 in the CLI)
+    instead of printing the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"{self.prog}: {message}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

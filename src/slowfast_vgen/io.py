@@ -37,6 +37,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file (data only), with a one-line error naming the file
+    when it is missing or not a safetensors file (``what``: e.g. "UNet weights", "Temp-LoRA memory")."""
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).is_file():
+        raise UserInputError(f"{what} {str(path)!r} not found; expected a .safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserInputError(f"{what} {str(path)!r} is not a readable safetensors file "
+                             f"({str(err).strip().splitlines()[0][:120]})") from None
+
+
 def to_uint8_frames(video: torch.Tensor, upscale: int = 1) -> np.ndarray:
     """(T, C, H, W) float in [0, 1] -> (T, H*upscale, W*upscale, 3) uint8, nearest-neighbour upscaling."""
     if video.ndim != 4 or video.shape[1] not in (1, 3):

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from slowfast_vgen.diffusion.masked import MaskedDiffusion, masked_mse
@@ -469,19 +469,22 @@ class TempLoRA:
 
     def load(self, path: str | Path) -> dict[str, torch.Tensor]:
         """Load a memory saved by :meth:`save` (data only: safetensors); returns its ``extra`` tensors."""
-        from safetensors import safe_open
+        from slowfast_vgen.io import read_safetensors
 
         path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"Temp-LoRA memory {str(path)!r} not found; expected a .safetensors file from save()")
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("temp_lora", "{}"))
+        tensors, metadata = read_safetensors(path, "Temp-LoRA memory")
+        try:
+            meta = json.loads(metadata.get("temp_lora", "{}"))
+        except json.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict) or "rank" not in meta:
+            raise UserInputError(f"Temp-LoRA memory {str(path)!r} has no Temp-LoRA metadata; expected a file written "
+                                 f"by --memory-out (TempLoRA.save)")
         if meta.get("rank") != self.rank or meta.get("target_modules") != self.target_modules:
             raise UserInputError(
                 f"Temp-LoRA memory {path.name}: rank {meta.get('rank')} on {meta.get('target_modules')}; this learner "
                 f"has rank {self.rank} on {self.target_modules}"
             )
-        tensors = load_file(str(path))
         device = self.params[0].device
         lora = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("lora.")}
         set_peft_model_state_dict(self.unet, lora, adapter_name=ADAPTER)

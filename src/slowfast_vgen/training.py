@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError
 
 
 class StepLimitedRichProgressBar(RichProgressBar):
@@ -103,6 +103,9 @@ def _innermost_user_error(err: BaseException) -> str:
     return lines[0] if lines else err.__class__.__name__
 
 
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's names for checkpoints it finds itself
+
+
 class SfvgenCLI(LightningCLI):
     """LightningCLI with subclass-mode model and data, OmegaConf interpolation and one-line errors."""
 
@@ -123,7 +126,7 @@ class SfvgenCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         for path in _config_paths(args):
-            check_config_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+            check_config_keys(_load_config_file(path))
         super().parse_arguments(parser, args)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
@@ -134,6 +137,15 @@ class SfvgenCLI(LightningCLI):
         ):
             callbacks = [*callbacks, default_progress_bar()]  # instead of Lightning's default one
         return super()._instantiate_trainer(config, callbacks)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads a --ckpt_path file here (its hyperparameters): a torn, foreign or code-carrying file
+        # would end in a traceback, so it is read once more as data first and refused in one line.
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and ckpt not in CKPT_PATH_KEYWORDS:
+            read_checkpoint(ckpt, "--ckpt_path")
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         self._resume = _resolve_last_checkpoint(self.config, self.subcommand) if self.subcommand else None
@@ -166,8 +178,6 @@ def _resolve_last_checkpoint(config: Any, subcommand: str) -> dict[str, Any] | N
         return None
     import re
 
-    import torch
-
     trainer = cfg["trainer"]
     logger = _get(trainer, "logger")
     logger_args = _get(logger, "init_args", {}) if not isinstance(logger, (bool, list)) else {}
@@ -181,11 +191,7 @@ def _resolve_last_checkpoint(config: Any, subcommand: str) -> dict[str, Any] | N
         raise UserInputError(f"--ckpt_path last: no last.ckpt under {where}: nothing to resume (run without "
                              f"--ckpt_path to start from step 0)")
     path = found[-1]
-    try:
-        step = int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
-    except Exception as err:  # noqa: BLE001 - a torn or foreign file: say which
-        raise UserInputError(f"--ckpt_path last: {path} is not a readable Lightning checkpoint "
-                             f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    step = int(read_checkpoint(path, "--ckpt_path last: checkpoint").get("global_step", 0))
     cfg["ckpt_path"] = str(path)
     version = next((m.group(1) for part in path.parts if (m := re.fullmatch(r"version_(\d+)", part))), None)
     if version is not None and logger_args:  # one configured logger: log on into the checkpoint's version
@@ -216,6 +222,53 @@ def _keep_csv_metrics(trainer: L.Trainer, step: int) -> None:
             writer.metrics_keys = keys
 
 
+def _load_config_file(path: str) -> dict[str, Any]:
+    """An experiment YAML as a dict, with one-line errors for a file that is not one."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"config {path!r} is not a text file (byte {err.start} is not UTF-8); expected an "
+                             f"experiment YAML") from None
+    if not text.strip():
+        raise UserInputError(f"config {path!r} is empty; expected an experiment YAML with trainer, model and data")
+    try:
+        config = OmegaConf.create(text)
+    except (yaml.YAMLError, ValueError) as err:
+        raise UserInputError(f"config {path!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, type(OmegaConf.create({}))):
+        raise UserInputError(f"config {path!r} holds a {type(OmegaConf.to_container(config)).__name__}; expected a "
+                             f"mapping with trainer, model and data")
+    return OmegaConf.to_container(config, resolve=False)
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A Lightning checkpoint as data (``torch.load(weights_only=True)``: a file that holds code is refused),
+    with a one-line error naming the file for a missing, torn or foreign one."""
+    import pickle
+
+    import torch
+
+    if not Path(path).is_file():
+        raise UserInputError(f"{what} {str(path)!r} not found; expected a Lightning .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data only, never code
+    except pickle.UnpicklingError as err:  # torch's message is a page; keep the line that says what it met
+        detail = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        unsafe = next((ln for ln in detail if "unsupported global" in ln.lower()), None)
+        reason = (f"it holds objects other than tensors and plain data, refused ({unsafe[:120]})" if unsafe
+                  else "corrupt or not a checkpoint (" + next((ln for ln in detail if ln.startswith("Unsupported")),
+                                                             "unreadable pickle")[:120] + ")")
+        raise UserInputError(f"{what} {str(path)!r}: {reason}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UserInputError(f"{what} {str(path)!r} is corrupt or not a checkpoint "
+                             f"({type(err).__name__}: {str(err).strip().splitlines()[0][:120]})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserInputError(f"{what} {str(path)!r} holds a {type(checkpoint).__name__}; expected a Lightning checkpoint")
+    return checkpoint
+
+
 def _config_paths(args: Any) -> list[str]:
     args = list(args or [])
     return [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config") and Path(args[i + 1]).is_file()]
@@ -234,11 +287,9 @@ def unet_state_from_checkpoint(path: str) -> dict[str, Any]:
 
     A slow-fast loop checkpoint holds Phi plus whichever Theta_i was loaded last: only Phi is kept, under the
     plain UNet's names (peft's ``base_layer`` wrapping removed)."""
-    import torch
-
-    if not Path(path).is_file():
-        raise UserInputError(f"checkpoint {path!r} not found; expected a Lightning .ckpt file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data only, never code
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserInputError(f"checkpoint {path!r} has no state_dict; expected a Lightning checkpoint")
     unet = {k[len("unet."):].replace(".base_layer.", "."): v.contiguous()
             for k, v in checkpoint["state_dict"].items() if k.startswith("unet.") and ".lora_" not in k}
     if not unet:
@@ -270,13 +321,11 @@ def load_system(
 
 def export_main(argv: list[str] | None = None) -> int:
     """``sfvgen export CKPT OUT.safetensors``: the UNet weights of a Lightning checkpoint, as safetensors."""
-    import argparse
-
     from safetensors.torch import save_file
 
     from slowfast_vgen.io import atomic_path
 
-    parser = argparse.ArgumentParser(prog="sfvgen export", description=export_main.__doc__)
+    parser = ArgumentParser(prog="sfvgen export", description=export_main.__doc__)
     parser.add_argument("ckpt")
     parser.add_argument("out")
     args = parser.parse_args(argv)

@@ -19,7 +19,6 @@ videos, frames, settings) and the metric protocols.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError
 from slowfast_vgen.evaluation import ablations
 from slowfast_vgen.io import atomic_path, repo_path
 
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         from slowfast_vgen.evaluation.human import main as human_main
 
         return human_main(argv[1:])
-    p = argparse.ArgumentParser(prog="sfvgen evaluate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="sfvgen evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("-c", "--config", required=True)
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. benchmark.episodes=2 settings.steps=5")
     args = p.parse_args(argv)

@@ -7,7 +7,6 @@ that maps ids back to files is written separately, for the organiser only).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import json
@@ -15,7 +14,7 @@ import random
 import shutil
 from pathlib import Path
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError
 from slowfast_vgen.io import atomic_path
 
 CRITERIA = {
@@ -78,7 +77,7 @@ def summarize_sheet(sheet: Path, key: Path) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sfvgen evaluate human-sheet", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="sfvgen evaluate human-sheet", description=__doc__.split("\n\n")[0])
     p.add_argument("videos", type=Path)
     p.add_argument("--out", type=Path, default=Path("outputs/human_eval"))
     p.add_argument("--raters", type=int, default=3)

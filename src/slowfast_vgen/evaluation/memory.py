@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
 
 
 def chunk_contexts(n_frames: int, chunk_frames: int, context_frames: int, first_frames: int = 1) -> dict[int, list[int]]:
@@ -304,10 +304,10 @@ TEMP_LORA_PRESETS: dict[str, dict[str, Any]] = {
                    text_condition="action", explode_factor=math.inf, loss_guard=1.5),
 }
 _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
-    "--rank": ("rank", int, "LoRA rank (paper: 32)"),
+    "--rank": ("rank", positive_int, "LoRA rank (paper: 32)"),
     "--lr": ("lr", float, "learning rate (paper: 1e-4)"),
-    "--updates-per-chunk": ("steps_per_chunk", int, "gradient steps after each chunk"),
-    "--draws": ("draws", int, "clips per gradient step (batched)"),
+    "--updates-per-chunk": ("steps_per_chunk", positive_int, "gradient steps after each chunk"),
+    "--draws": ("draws", positive_int, "clips per gradient step (batched)"),
     "--clean-context": ("clean_context", int, "clean leading frames of each update clip (0: Eq. 3)"),
     "--loss-guard": ("loss_guard", float, "roll back an update that raises its own batch's loss past this factor "
                      "(0: off)"),
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from slowfast_vgen.io import atomic_path
     from slowfast_vgen.training import load_system
 
-    parser = argparse.ArgumentParser(prog="sfvgen bench memory", description=main.__doc__.split(": ", 1)[1])
+    parser = ArgumentParser(prog="sfvgen bench memory", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="experiment (default: the demo's)")
     parser.add_argument("--weights", default=None, help="UNet safetensors (default: the shipped demo model "
                         "with the default config, else the config's own initialisation)")

@@ -15,6 +15,7 @@ import sys
 import time
 
 import torch
+from slowfast_vgen.errors import ArgumentParser
 
 PRESETS = {
     "tiny": dict(unet="tiny", view=16, embed=32, chunk=4, context=4),
@@ -84,7 +85,7 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
 def main(argv: list[str] | None = None) -> int:
     from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
 
-    p = argparse.ArgumentParser(prog="sfvgen bench temp-lora")
+    p = ArgumentParser(prog="sfvgen bench temp-lora")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--steps", type=int, default=20)

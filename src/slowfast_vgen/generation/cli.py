@@ -11,7 +11,6 @@ checkpoint, read with ``weights_only=True``). Frames are written as mp4 (streame
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
 from slowfast_vgen.io import atomic_path, to_uint8_frames
 
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS
     from slowfast_vgen.lora import VARIANTS, TempLoRA
 
-    p = argparse.ArgumentParser(prog="sfvgen generate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="sfvgen generate", description=__doc__.split("\n\n")[0])
     p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else None)
     p.add_argument("--ckpt", default=None)
@@ -86,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first", default=None, help="an image (or video: first frame); default: the built-in world")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--out", default="outputs/generate/video", help="output path without extension")
-    p.add_argument("--fps", type=int, default=6)
-    p.add_argument("--upscale", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
+    p.add_argument("--fps", type=positive_int, default=6)
+    p.add_argument("--upscale", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-temp-lora", action="store_true", help="generate without fast learning")
-    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--rank", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--updates-per-chunk", type=int, default=1)
+    p.add_argument("--updates-per-chunk", type=positive_int, default=1)
     p.add_argument("--variant", default="temp-lora", choices=VARIANTS)
     p.add_argument("--single-frame-context", action="store_true",
                    help="Table 4 'wo chunk input': condition each chunk on the last frame only")
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         actions = iter(list(actions))  # check the file before loading the model
 
     system, world = load_model(args.config, args.weights, args.ckpt)
-    if args.steps:
+    if args.steps is not None:
         system.sampler.num_inference_steps = args.steps
     gen = system.generator
     if args.single_frame_context:

@@ -7,7 +7,6 @@ Frechet distance on 400-d features) is timed separately.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -18,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from slowfast_vgen.metrics import FVD, LPIPS, PSNR, SSIM, SceneCuts, SceneRevisitConsistency
+from slowfast_vgen.errors import ArgumentParser
 
 
 def _clips(n: int, frames: int, size: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -88,7 +88,7 @@ def run(device: str = "cpu", frames: int = 16, size: int = 64, fvd_sizes: tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sfvgen bench metrics", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="sfvgen bench metrics", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip (default: 16)")
     parser.add_argument("--size", type=int, default=64, help="frame side for PSNR/SSIM/LPIPS/SCuts/SRC (default: 64)")

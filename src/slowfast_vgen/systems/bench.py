@@ -12,12 +12,12 @@ Reported: seconds per record (medians over repeats, Adam step included) and thei
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import torch
+from slowfast_vgen.errors import ArgumentParser
 
 # preset -> (unet preset, frames per chunk, latent size) of the built-in world at 16 px / the small preset at 32 px
 PRESETS = {"tiny": ("tiny", 4, 8), "small": ("small", 4, 16)}
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from slowfast_vgen.systems import SlowFastLoopSystem
     from slowfast_vgen.systems.slowfast import collate_records
 
-    parser = argparse.ArgumentParser(prog="sfvgen bench slow-fast")
+    parser = ArgumentParser(prog="sfvgen bench slow-fast")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--records", type=int, default=4, help="records (different Theta_i) per optimizer step")
     parser.add_argument("--rank", type=int, default=32)

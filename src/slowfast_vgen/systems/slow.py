@@ -197,14 +197,11 @@ def load_unet_weights(unet: nn.Module, path: str, prediction_type: str | None = 
     ``prediction_type``: what the loading system's diffusion predicts; checked against the file's metadata
     (written by ``sfvgen export``) where it has one: epsilon weights read as v (or back) sample garbage.
     """
-    from safetensors import safe_open
+    from slowfast_vgen.io import read_safetensors
 
     path = repo_path(path)  # relative paths: from the working directory, else the repository
-    if not Path(path).is_file():
-        raise UserInputError(f"UNet weights {str(path)!r} not found; expected a .safetensors file (sfvgen export)")
-    with safe_open(str(path), framework="pt") as f:
-        check_prediction_type((f.metadata() or {}).get("prediction_type"), prediction_type, f"UNet weights {str(path)!r}")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state, metadata = read_safetensors(path, "UNet weights")
+    check_prediction_type(metadata.get("prediction_type"), prediction_type, f"UNet weights {str(path)!r}")
     try:
         unet.load_state_dict(state)
     except RuntimeError as err:
