@@ -155,7 +155,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], protocol: dict[str, Any
 
         md = table2_markdown(rows, protocol)
     else:
-        keys = [k for k in ("FVD", "PSNR", "SSIM", "LPIPS", "SCuts", "SRC") if any(k in r for r in rows)]
+        keys = [k for k in ("FVD", "PSNR", "SSIM", "LPIPS", "SCuts", "SRC", "Revisit PSNR") if any(k in r for r in rows)]
         md = ["| setting | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for r in rows:
             cells = [(f"{r[k]:.2f}" + (f" ± {r[k + '_std']:.2f}" if k + "_std" in r else "")) if k in r else "/"
