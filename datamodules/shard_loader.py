@@ -11,9 +11,11 @@ rank runs the same number of steps.
 
 Bad data. A bad sample (truncated shard, flipped bits, missing member, undecodable video, missing metadata key,
 actions outside the video) is skipped by the collate and counted; :class:`ShardDataLoader` logs the bad keys
-with their reasons at the end of the epoch (``loader.report``). In the rare case that every sample of a batch is
-bad, the batch is refilled with one readable clip (counted as ``filled``) so that ranks stay in step. An epoch
-with no readable sample at all stops with :class:`UserInputError`.
+with their reasons at the end of the epoch (``loader.report``), and the first one of an epoch as it is met. In the
+rare case that every sample of a batch is bad, the batch is refilled with one readable clip (counted as ``filled``)
+so that ranks stay in step; the refill searches the whole set (skipping samples already known bad), so a corrupt
+region of any length does not end the epoch. Only an epoch with no readable sample at all stops with
+:class:`UserInputError`.
 """
 
 from __future__ import annotations
@@ -141,7 +143,11 @@ class ShardDataLoader(DataLoader):
         report = self.report = EpochReport(epoch, int(self.sampler.rank))
         for batch in super().__iter__():
             self._batches += 1
-            report.add_bad(batch.pop("bad_samples", []))
+            pairs = batch.pop("bad_samples", [])
+            if pairs and not report.bad:  # the first of the epoch, as it is met: a short run says so too
+                log.warning("bad sample skipped: %s: %s (training goes on; every bad key is reported at the end of "
+                            "the epoch)", *pairs[0])
+            report.add_bad(pairs)
             if batch.pop("__empty__", False):
                 batch = self._fill(epoch, report)
             report.good += len(batch["action"]) if isinstance(batch.get("action"), list) else 1
@@ -155,8 +161,12 @@ class ShardDataLoader(DataLoader):
         """A batch of one readable clip for a batch whose samples were all bad (keeps ranks in step)."""
         n = len(self.dataset)
         start = stable_seed("fill", epoch, self._batches) % n
-        for t in range(min(n, 256)):
-            sample = self.dataset[(epoch, (start + t) % n)]
+        key_of = getattr(self.dataset, "key", None)
+        for t in range(n):  # the whole set if need be: a corrupt region may be longer than any fixed window
+            i = (start + t) % n
+            if key_of is not None and key_of(i) in report.bad:
+                continue  # a sample already known bad: its other clips are bad too, do not read it again
+            sample = self.dataset[(epoch, i)]
             if "__bad__" in sample:
                 report.add_bad([(sample["__bad__"], sample["reason"])])
                 continue

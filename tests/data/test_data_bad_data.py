@@ -139,3 +139,64 @@ def test_entirely_unreadable_set_stops_with_a_clear_error(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text(json.dumps({"format": "sfvgen-shards", "version": 99}))
     with pytest.raises(UserInputError, match="version 99 is not supported"):
         ShardDataModule(str(tmp_path / "s")).setup("fit")
+
+
+@pytest.mark.slow
+def test_a_partly_corrupt_set_at_scale_never_ends_the_epoch(tmp_path, caplog):
+    """3 shards, 64 bytes flipped in one, another truncated to 30 %: a run of bad clips far longer than any retry
+    window. The epoch reads every intact clip once, names every bad sample, and warns at the first one."""
+    vdir, actions, _, _ = make_dataset(tmp_path, videos=150, frames=20, height=16, width=16)
+    build_shards(vdir, actions, tmp_path / "s", video="npy", segment_frames=12, overlap=2, shard_bytes=10_000_000,
+                 progress=False)
+    shards = load_manifest(tmp_path / "s")["shards"]
+    assert len(shards) == 3, [s["num_samples"] for s in shards]
+    flipped, cut = tmp_path / "s" / shards[0]["name"], tmp_path / "s" / shards[2]["name"]
+    data = bytearray(flipped.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    flipped.write_bytes(bytes(data))
+    cut.write_bytes(cut.read_bytes()[: int(0.3 * cut.stat().st_size)])
+    report = verify_shards(tmp_path / "s")
+    bad = {p.split(": ")[0][len("sample "):] for p in report["problems"] if p.startswith("sample ")}
+    assert len(bad) == report["bad_samples"] > 0
+
+    dm = ShardDataModule(str(tmp_path / "s"), batch_size=4, frames=6, max_context=2, shuffle_buffer=0)
+    dm.setup("fit")
+    ds = dm.train_set
+    bad_clips = [i for i in range(len(ds)) if ds.key(i) in bad]
+    run, longest = 0, 0
+    for i in range(len(ds)):  # the longest run of bad clips in index (= reading) order within a shard
+        run = run + 1 if ds.key(i) in bad else 0
+        longest = max(longest, run)
+    assert longest > 256, longest
+    loader = dm.train_dataloader()
+    with caplog.at_level(logging.WARNING, logger="slowfast_vgen.datamodules"):
+        batches = list(loader)
+    report = loader.report
+    assert len(batches) == len(loader)  # the epoch ran to its end
+    got = [int(i) for b in batches for i in b["item"]]  # clip indices
+    intact = {i for i in range(len(ds)) if ds.key(i) not in bad}
+    refills = [i for b in batches for i, k in zip(b["item"], b["key"]) if k in report.filled]
+    assert set(got) == intact and len(got) == len(intact) + len(report.filled) and set(refills) <= intact
+    assert set(report.bad) == bad and sum(c for _, c in report.bad.values()) >= len(bad_clips)  # + refill reads
+    assert "bad sample skipped:" in caplog.text and f"skipped {len(bad)} bad samples" in caplog.text
+
+
+def test_the_epochs_bad_samples_reach_the_logger(tmp_path):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
+    from slowfast_vgen.systems import SlowLearningSystem
+
+    crafted_set(tmp_path / "extra")
+    dm = ShardDataModule(str(tmp_path / "extra"), batch_size=1, frames=6, max_context=2, shuffle_buffer=0,
+                         resolution=16)
+    system = SlowLearningSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder())
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path / "logs"), limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(system, dm)
+    rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))))
+    assert [float(r["data/bad_samples"]) for r in rows if r.get("data/bad_samples")] == [3.0]

@@ -166,6 +166,12 @@ class SlowLearningSystem(L.LightningModule):
             weight_decay=self.hparams.weight_decay,
         )
 
+    def on_train_epoch_end(self) -> None:
+        # the shard loader's bad samples of this epoch (named in its warning), as a number in the logger too
+        bad = getattr(getattr(self.trainer, "datamodule", None), "bad_samples", None)
+        if isinstance(bad, dict) and self.trainer.logger is not None:
+            self.log("data/bad_samples", float(len(bad)), on_epoch=True, on_step=False)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Frozen networks come from their own source (preset or pretrained folder): keep checkpoints small.
         state = checkpoint["state_dict"]
