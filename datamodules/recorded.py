@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -114,13 +115,18 @@ class RecordedRevisitDataset(Dataset):
         episodes: int | None = None,
         pose_tolerance: float = 4.0,
         angle_tolerance: float = 1e-3,
+        first_episode: int = 0,
+        require_poses: bool = True,
     ) -> None:
         if chunk_frames < 1 or context_frames < 1:
             raise UserInputError(f"chunk_frames and context_frames must be >= 1, got {chunk_frames} and {context_frames}")
         self.source = ShardEpisodeDataset(roots, resolution)
-        if episodes is not None and not 1 <= episodes <= len(self.source):
-            raise UserInputError(f"episodes={episodes}: the shard set holds {len(self.source)} episodes")
-        self.num_episodes = len(self.source) if episodes is None else episodes
+        total = len(self.source)
+        if not 0 <= first_episode < total or (episodes is not None and not 1 <= episodes <= total):
+            raise UserInputError(f"episodes={episodes} from episode {first_episode}: the shard set holds {total} "
+                                 f"episodes")
+        self.num_episodes = total if episodes is None else episodes
+        self.first_episode, self.require_poses = first_episode, require_poses
         self.chunk_frames, self.context_frames = chunk_frames, context_frames
         self.pose_tolerance, self.angle_tolerance = pose_tolerance, angle_tolerance
         self.seed = 0  # episodes are numbered from 0 (the world's benchmark numbers them by seed)
@@ -131,28 +137,60 @@ class RecordedRevisitDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_episodes:
             raise IndexError(index)
-        try:
-            ep = self.source.load(index)
+        try:  # episodes first_episode, first_episode + 1, ... (wrapping around the set)
+            ep = self.source.load((self.first_episode + index) % len(self.source))
         except BadSample as err:  # a benchmark episode must not be skipped silently
             raise UserInputError(f"benchmark episode {self.source.episodes[index][0]!r} is unreadable: {err.key}: "
                                  f"{err.reason} (run `sfvgen data verify`)") from None
         poses = [p for gt in ep["gt"] for p in gt.get("pose", [])]
         video = ep["video"]
-        if len(poses) != len(video):
+        has_poses = len(poses) == len(video)
+        if not has_poses and (self.require_poses or poses):
             raise UserInputError(f"episode {ep['episode']!r}: {len(poses)} poses for {len(video)} frames; the revisit "
                                  f"benchmark needs one pose per frame in the samples' gt (docs/data-format.md)")
         chunks = episode_chunks(ep, self.chunk_frames)
         if not chunks or chunks[0][0] != 1 or any(a != b for (_, b, _), (a, _, _) in zip(chunks, chunks[1:])):
             raise UserInputError(f"episode {ep['episode']!r}: its actions must label every frame after the first "
                                  f"without gaps or overlaps, got spans {ep['actions'][:4]}...")
-        poses = np.asarray(poses, dtype=np.float64)
         names = ep["gt"][0].get("pose_names") if ep["gt"] else None
-        positions, angles = split_pose(poses, names)
-        revisits = pose_revisits(positions, angles, chunk_starts(len(video), chunks), self.context_frames,
-                                 self.pose_tolerance, self.angle_tolerance,
-                                 [(j, i) for i, js in ep["revisits"] for j in js])
+        revisits: list[tuple[int, list[int]]] = []
+        if has_poses:  # without poses (allowed for the slow-fast loop, which needs no benchmark): no revisits
+            positions, angles = split_pose(np.asarray(poses, dtype=np.float64), names)
+            revisits = pose_revisits(positions, angles, chunk_starts(len(video), chunks), self.context_frames,
+                                     self.pose_tolerance, self.angle_tolerance,
+                                     [(j, i) for i, js in ep["revisits"] for j in js])
         end = chunks[-1][1]
         return {"first": video[:1], "frames": video[:end], "actions": [(t, b - a) for a, b, t in chunks],
-                "revisits": [(i, [j for j in js if j < end]) for i, js in revisits], "seed": index,
-                "episode": ep["episode"], "poses": torch.from_numpy(poses[:end]),
-                "pose_names": names}
+                "revisits": [(i, [j for j in js if j < end]) for i, js in revisits], "seed": self.first_episode + index,
+                "episode": ep["episode"], "pose_names": names,
+                "poses": torch.tensor(poses[:end] if has_poses else [], dtype=torch.float64)}
+
+
+class ShardLoopDataModule(L.LightningDataModule):
+    """Recorded episodes of a shard set for the slow-fast loop (Alg. 1b), as
+    :class:`~slowfast_vgen.datamodules.world.WorldLoopDataModule` gives the built-in world's: each epoch the
+    system's inner loop turns ``num_episodes`` of them into D_s (use ``Trainer(reload_dataloaders_every_n_epochs=1)``).
+
+    ``fresh_episodes``: epoch ``e`` takes episodes ``e * num_episodes ...`` (wrapping around the set), so that
+    Phi meets new episodes every epoch; otherwise the first ``num_episodes`` every epoch. Poses are not needed.
+    """
+
+    def __init__(self, shards: str | list[str], num_episodes: int | None = None, resolution: Any = None,
+                 chunk_frames: int = 4, fresh_episodes: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.episodes = self.episodes_of_epoch(0)
+
+    def episodes_of_epoch(self, epoch: int) -> RecordedRevisitDataset:
+        h = self.hparams
+        probe = ShardEpisodeDataset(h.shards, h.resolution)
+        n = h.num_episodes or len(probe)
+        first = (epoch * n) % len(probe) if h.fresh_episodes else 0
+        return RecordedRevisitDataset(h.shards, h.resolution, h.chunk_frames, context_frames=1, episodes=n,
+                                      first_episode=first, require_poses=False)
+
+    def train_dataloader(self) -> Any:
+        from slowfast_vgen.systems.slowfast import slow_fast_dataloader
+
+        epoch = self.trainer.current_epoch
+        return slow_fast_dataloader(self.trainer.lightning_module, self.episodes_of_epoch(epoch), epoch)

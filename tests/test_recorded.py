@@ -231,3 +231,32 @@ def test_build_gt_sidecar_checks_every_row(tmp_path):
     (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe{")
     with pytest.raises(UserInputError, match="not UTF-8"):
         read_gt_file(tmp_path / "bad.jsonl")
+
+
+def test_slow_fast_loop_from_shards(tmp_path):
+    """Alg. 1b on recorded episodes: chunks along the action spans (variable lengths), fresh episodes per epoch."""
+    import lightning as L
+
+    from slowfast_vgen.datamodules.recorded import ShardLoopDataModule
+    from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
+    from slowfast_vgen.systems.slowfast import SlowFastLoopSystem
+
+    world_shards(tmp_path / "shards", seeds=(0, 1, 2, 3), chunk_frames=3, chunks_out=2)
+    dm = ShardLoopDataModule(str(tmp_path / "shards"), num_episodes=2, chunk_frames=2, fresh_episodes=True)
+    assert [dm.episodes_of_epoch(e)[0]["episode"] for e in (0, 1, 2)] == ["world-0", "world-2", "world-0"]
+    assert dm.episodes[0]["actions"][:2] == [(world_episode_action(0), 2), (world_episode_action(0), 1)]
+    torch.manual_seed(0)
+    system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lr=1e-3,
+                                chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / "mem"), lora_rank=4,
+                                records_per_batch=2)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1)
+    trainer.fit(system, dm)
+    # 2 episodes x 8 chunks (4 spans of 3 frames -> 2 + 1) = 16 records per epoch, 2 per batch
+    assert trainer.global_step == 2 * 8
+    assert sorted(p.name for p in (tmp_path / "mem" / "epoch_0001").glob("*.safetensors")) == [
+        "episode_00000.safetensors", "episode_00001.safetensors"]
+
+
+def world_episode_action(seed):
+    return revisit_episode(seed, chunk_frames=3, chunks_out=2, min_gap=1)["actions"][0]

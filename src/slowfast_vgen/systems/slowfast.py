@@ -124,14 +124,21 @@ class SlowFastLoopSystem(SlowLearningSystem):
             p.requires_grad_(trainable)
 
     def _fast_learn_episode(self, episode: dict[str, Any], path: Path, null: torch.Tensor) -> None:
-        frames, actions = episode["frames"], list(episode["actions"])
+        from slowfast_vgen.generation.long_video import chunk_action
+
+        frames = episode["frames"]
         f_g = self.generator.chunk_frames
+        # a chunk is f_g frames, or (text, n) in a recorded episode (chunks end where its actions do)
+        actions, lengths = zip(*(chunk_action(a, f_g) for a in episode["actions"])) if episode["actions"] else ((), ())
+        actions = list(actions)
         z = self.encode_video(frames[None].to(self.device))  # (1, C, T, h, w)
         # X_0 = the first frame(s), X_i = chunk i of the episode (l.5)
-        first = z.shape[2] - len(actions) * f_g
+        first = z.shape[2] - sum(lengths)
         if first < 1:
-            raise UserInputError(f"episode of {z.shape[2]} frames cannot hold {len(actions)} chunks of {f_g} frames")
-        chunks = [z[:, :, :first]] + [z[:, :, first + k * f_g : first + (k + 1) * f_g] for k in range(len(actions))]
+            raise UserInputError(f"episode of {z.shape[2]} frames cannot hold {len(actions)} chunks of "
+                                 f"{sum(lengths)} frames and a first frame")
+        ends = [first + sum(lengths[: k + 1]) for k in range(len(lengths))]
+        chunks = [z[:, :, :first]] + [z[:, :, e - n : e] for e, n in zip(ends, lengths)]
         self.learner.reset()  # l.6: Theta_0^e
         tensors: dict[str, torch.Tensor] = {}
         for i in range(len(chunks) - 1):
@@ -191,9 +198,12 @@ def collate_records(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Records of D_s -> a batch: x, y stacked (B, C, F, h, w); actions, seeds and Theta_i as lists.
 
     X_0 (the episode's first frame) is shorter than later chunks: contexts are cut to the shortest one in
-    the batch by dropping their oldest frames (the convention of ``MixedLengthCollate``)."""
+    the batch by dropping their oldest frames (the convention of ``MixedLengthCollate``); targets of recorded
+    episodes (chunks end with their action) are cut to the shortest by keeping their first frames."""
     n = min(r["x"].shape[1] for r in records)
-    return {"x": torch.stack([r["x"][:, r["x"].shape[1] - n :] for r in records]), "y": torch.stack([r["y"] for r in records]),
+    m = min(r["y"].shape[1] for r in records)
+    return {"x": torch.stack([r["x"][:, r["x"].shape[1] - n :] for r in records]),
+            "y": torch.stack([r["y"][:, :m] for r in records]),
             "action": [r["action"] for r in records], "seed": [r["seed"] for r in records],
             "theta": [r["theta"] for r in records]}
 
