@@ -63,11 +63,21 @@ def sfvgen(argv, cwd, debug=False):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture(scope="module")
+def outcomes(files):
+    """Every case run once, two processes at a time (each start imports torch: seconds of CPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(sfvgen, argv, files) for case, (argv, _) in CASES.items()}
+        return {case: f.result() for case, f in futures.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_input_is_one_line_and_exit_2(case, files):
-    argv, needle = CASES[case]
-    out = sfvgen(argv, files)
+def test_bad_input_is_one_line_and_exit_2(case, outcomes):
+    needle = CASES[case][1]
+    out = outcomes[case]
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("sfvgen: error:")]
     assert out.returncode == 2, out.stderr[-3000:]
     assert len(errors) == 1 and needle in errors[0], out.stderr[-3000:]
