@@ -183,11 +183,11 @@ class ShardLoopDataModule(L.LightningDataModule):
 
     def episodes_of_epoch(self, epoch: int) -> RecordedRevisitDataset:
         h = self.hparams
-        probe = ShardEpisodeDataset(h.shards, h.resolution)
-        n = h.num_episodes or len(probe)
-        first = (epoch * n) % len(probe) if h.fresh_episodes else 0
-        return RecordedRevisitDataset(h.shards, h.resolution, h.chunk_frames, context_frames=1, episodes=n,
-                                      first_episode=first, require_poses=False)
+        episodes = RecordedRevisitDataset(h.shards, h.resolution, h.chunk_frames, context_frames=1,
+                                          episodes=h.num_episodes, require_poses=False)
+        if h.fresh_episodes:  # wraps around the set
+            episodes.first_episode = (epoch * episodes.num_episodes) % len(episodes.source)
+        return episodes
 
     def train_dataloader(self) -> Any:
         from slowfast_vgen.systems.slowfast import slow_fast_dataloader

@@ -253,7 +253,8 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     if not Path(path).is_file():
         raise UserInputError(f"{what} {str(path)!r} not found; expected a Lightning .ckpt file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data only, never code
+        # data only, never code; memory-mapped, so that a check before Lightning's own load costs little
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:  # torch's message is a page; keep the line that says what it met
         detail = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         unsafe = next((ln for ln in detail if "unsupported global" in ln.lower()), None)

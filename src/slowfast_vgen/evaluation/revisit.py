@@ -88,7 +88,8 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
                                  **{"Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))})
         else:  # recorded episodes: revisits are whole frames at a matching pose; "Other PSNR" is fidelity
             memory = revisit_frame_score(video, revisits)
-            others = [t for t in range(1, video.shape[0]) if t not in set(later)]
+            revisited = set(later)
+            others = [t for t in range(1, video.shape[0]) if t not in revisited]
             other = float(((video[others].float() - real[others].float()) ** 2).mean())
             following = {"Revisit PSNR": memory["Revisit PSNR"], "Revisit MSE": memory["Revisit MSE"],
                          "Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))}
