@@ -37,3 +37,19 @@ def test_theta_stays_float32_under_a_half_precision_unet():
     learner.update(z[:, :, :2], z[:, :, 2:], null)  # B != 0 after the first: A moves too
     assert all(not torch.equal(a, p) for a, p in zip(before, learner.params))
     assert all(p.dtype == torch.float32 for n, p in unet.named_parameters() if "lora_" in n)
+
+
+def test_components_time_each_phase_and_compose_the_per_chunk_ratio():
+    from slowfast_vgen.generation.bench import run_components
+
+    r = run_components("tiny", "cpu", "float32", rank=4, lora_preset="paper", repeats=1, steps=5)
+    phases = r["phases"]
+    assert set(phases) == {"sample_step_without_lora", "sample_step_lora_unmerged", "merge_unmerge",
+                           "sample_step_merged", "update"}
+    assert all(p["seconds"] >= 0 and p["peak_mb"] > 0 for p in phases.values())
+    assert r["parameters"] == 1_333_516 and r["lora_parameters"] > 0 and r["update_steps"] == 1
+    step0 = phases["sample_step_without_lora"]["seconds"]
+    assert r["per_chunk_seconds"]["without"] == round(5 * step0, 3)
+    expected = (5 * phases["sample_step_lora_unmerged"]["seconds"] + phases["update"]["seconds"]) / (5 * step0)
+    assert abs(r["time_ratio"]["unmerged"] - expected) < 1e-3
+    assert r["memory_ratio"]["merged"] > 0 and r["update_in_sampling_steps"] > 0

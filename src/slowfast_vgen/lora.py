@@ -35,10 +35,12 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from slowfast_vgen.diffusion.masked import MaskedDiffusion, masked_mse
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.io import atomic_path
+from slowfast_vgen.models.unet import unet_output
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,22 @@ class TempLoRA:
         for module in self.lora_layers():
             module.enable_adapters(enabled)
 
+    @property
+    def sharded(self) -> bool:
+        """Phi is sharded by FSDP2 (``fully_shard``: DTensor weights). Theta, injected after the wrapping, stays a
+        plain tensor of this rank: one episode's memory per rank."""
+        return any(isinstance(module.get_base_layer().weight, DTensor) for module in self.lora_layers())
+
+    def _check_live(self) -> None:
+        """Theta must be the UNet's own LoRA parameters: wrapping the UNet (e.g. ``fully_shard``) after Temp-LoRA
+        was injected replaces them, and the optimizer would train stale copies that no forward pass reads."""
+        live = {id(p) for n, p in self.unet.named_parameters() if ".lora_" in n and ADAPTER in n}
+        if not live or any(id(p) not in live for p in self.params):
+            raise UserInputError(
+                "Temp-LoRA: the UNet's LoRA parameters were replaced after Temp-LoRA was set up (was the UNet wrapped, "
+                "e.g. by FSDP's fully_shard, afterwards? that also shards Theta across ranks, which mixes their "
+                "episodes): wrap the UNet first, then build TempLoRA on it")
+
     @contextlib.contextmanager
     def merged(self) -> Iterator[None]:
         """Sample with Theta added into the wrapped weights (W + B A s): no LoRA cost per UNet call.
@@ -220,6 +238,9 @@ class TempLoRA:
         afterwards, so Phi stays bit-identical; outputs differ from the unmerged computation only by float
         rounding.
         """
+        if self.sharded:
+            raise UserInputError("Temp-LoRA: merging Theta into FSDP-sharded weights is not supported (each rank holds "
+                                 "a shard of Phi but a whole Theta); sample unmerged (merge_for_sampling=False)")
         swapped = []
         with torch.no_grad():
             for parent, child, module in self._lora_slots():
@@ -296,6 +317,7 @@ class TempLoRA:
             with torch.inference_mode(False):
                 copies = [None if x is None else x.clone() for x in (context, generated, null_text, text, reverse_text)]
                 return self.update(*copies)
+        self._check_live()
         fwd = text if text is not None and self.text_condition == "action" else null_text
         rev = reverse_text if reverse_text is not None and self.text_condition == "action" else null_text
         chunk = self.chunks_seen
@@ -405,7 +427,7 @@ class TempLoRA:
         frame = torch.arange(z0.shape[2], device=z0.device)[None, None, :, None, None]
         noisy = torch.where(frame < n_clean[:, None, None, None, None], z0, noisy)  # ... but clean context
         with torch.enable_grad():
-            pred = self.unet(noisy, t, encoder_hidden_states=cond.to(noisy.dtype)).sample
+            pred = unet_output(self.unet, noisy, t, cond)
             target = self.diffusion.target(z0, noise, t)  # eps (paper), or v for a v-prediction model
             return masked_mse(pred, target, n_clean)  # Alg. 1a l.13 (all frames unless some are clean)
 

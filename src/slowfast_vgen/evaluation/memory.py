@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
+from slowfast_vgen.models.unet import unet_output
 
 
 def chunk_contexts(n_frames: int, chunk_frames: int, context_frames: int, first_frames: int = 1) -> dict[int, list[int]]:
@@ -210,7 +211,7 @@ def measure_memory(
             total = 0.0
             for noisy, t, target in inputs:
                 with torch.no_grad():
-                    pred = system.unet(noisy, t, encoder_hidden_states=text.to(noisy.dtype)).sample
+                    pred = unet_output(system.unet, noisy, t, text)
                 err = (pred.float() - target) ** 2  # (1, C, F, h, w)
                 total += float((err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1))
             out.append(total / len(timesteps))

@@ -15,7 +15,8 @@ import sys
 import time
 
 import torch
-from slowfast_vgen.errors import ArgumentParser
+from slowfast_vgen.bench import machine
+from slowfast_vgen.errors import ArgumentParser, positive_int
 
 PRESETS = {
     "tiny": dict(unet="tiny", view=16, embed=32, chunk=4, context=4),
@@ -23,7 +24,7 @@ PRESETS = {
     # The paper's setting (Table 3): the ModelScope UNet (1.4 B parameters) on 4 x 32 x 32 VAE latents (256 px),
     # 16 context + 16 new frames (the 32-frame window). Latent space only: a random clean context stands in for an
     # encoded first chunk and chunks are not decoded (the VAE costs the same with or without Temp-LoRA). GPU sized.
-    "modelscope": dict(unet="modelscope", latent=(4, 32), embed=1024, chunk=16, context=16),
+    "modelscope": dict(unet="modelscope", latent=(4, 32), embed=1024, tokens=77, chunk=16, context=16),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +32,122 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_reset(device: torch.device) -> None:
+    """Start a new peak-memory window: CUDA's allocator statistics, or on Linux the process's peak resident set
+    (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_mb(device: torch.device) -> float:
+    """The peak since :func:`peak_reset` (MB): allocated tensors on CUDA, resident memory on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset: str, repeats: int, steps: int) -> dict:
+    """Each phase of one Temp-LoRA chunk, timed (median of ``repeats``) and its peak memory, in this process:
+    a guided sampling step (three-way guidance: one UNet call at batch 3 on the context + new frames) without
+    LoRA, with the LoRA unmerged and with Theta merged; merging and unmerging; the update (the preset's steps on
+    the context + new frames, Alg. 1a l.11-14). The per-chunk ratio at ``steps`` sampling steps is computed from
+    the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``."""
+    import statistics
+
+    from slowfast_vgen.datamodules.world import REVERSE
+    from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
+    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+    from slowfast_vgen.lora import TempLoRA
+    from slowfast_vgen.models import HashTextEncoder, build_unet3d, unet_output
+
+    cfg = PRESETS[preset]
+    dev, dt = torch.device(device), DTYPES[dtype]
+    torch.manual_seed(0)
+    peak_reset(dev)
+    unet = build_unet3d(cfg["unet"]).eval().to(dev, dt)
+    weights_mb = peak_mb(dev)
+    parameters = sum(p.numel() for p in unet.parameters())
+    diffusion = MaskedDiffusion()
+    sampler = ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps)
+    sampler.scheduler.set_timesteps(steps, device=dev)
+    encoder = HashTextEncoder(cfg["embed"], max_tokens=cfg.get("tokens", 8)).to(dev)
+    null, text = encoder([""]).to(dev, dt), encoder(["go right"]).to(dev, dt)
+    back = encoder(["go left"]).to(dev, dt)
+    if "latent" in cfg:
+        channels, side = cfg["latent"]
+    else:
+        channels, side = unet.config.in_channels, unet.config.sample_size
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(1, channels, cfg["context"], side, side, generator=g).to(dev, dt)
+    new = torch.randn(1, channels, cfg["chunk"], side, side, generator=g).to(dev, dt)
+    t = sampler.scheduler.timesteps[steps // 2]
+
+    def denoise(z, tt, txt):
+        return unet_output(unet, z, tt, txt)
+
+    def timed(fn) -> dict[str, float]:
+        times, peaks = [], []
+        for _ in range(repeats):
+            peak_reset(dev)
+            start = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+            peaks.append(peak_mb(dev))
+        return {"seconds": statistics.median(times), "runs": [round(x, 4) for x in times], "peak_mb": round(max(peaks), 1)}
+
+    def sample_step():
+        with torch.no_grad():
+            sampler.guided_noise(denoise, context, new, t, text, null)
+
+    phases = {"sample_step_without_lora": timed(sample_step)}
+    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE}
+    learner = TempLoRA(unet, diffusion, **settings)
+    phases["sample_step_lora_unmerged"] = timed(sample_step)
+
+    def merged_step():
+        with learner.merged():
+            sample_step()
+
+    def merge_only():
+        with learner.merged():
+            pass
+
+    phases["merge_unmerge"] = timed(merge_only)
+    phases["sample_step_merged"] = timed(merged_step)  # includes one merge/unmerge: subtracted below
+    phases["sample_step_merged"]["seconds"] = max(
+        0.0, phases["sample_step_merged"]["seconds"] - phases["merge_unmerge"]["seconds"])
+
+    def update():
+        learner.update(context, new, null, text, back)
+
+    phases["update"] = timed(update)
+    step0 = phases["sample_step_without_lora"]["seconds"]
+    without = steps * step0
+    merged = steps * phases["sample_step_merged"]["seconds"] + phases["merge_unmerge"]["seconds"] + phases["update"]["seconds"]
+    unmerged = steps * phases["sample_step_lora_unmerged"]["seconds"] + phases["update"]["seconds"]
+    peak_without = phases["sample_step_without_lora"]["peak_mb"]
+    peak_merged = max(phases[k]["peak_mb"] for k in ("sample_step_merged", "merge_unmerge", "update"))
+    peak_unmerged = max(phases[k]["peak_mb"] for k in ("sample_step_lora_unmerged", "update"))
+    return {
+        "phases": phases, "weights_mb": round(weights_mb, 1),
+        "parameters": parameters,
+        "lora_parameters": sum(p.numel() for p in learner.params),
+        "update_steps": settings["steps_per_chunk"], "update_draws": settings.get("draws", 1),
+        "per_chunk_seconds": {"without": round(without, 3), "with_merged": round(merged, 3), "with_unmerged": round(unmerged, 3)},
+        "time_ratio": {"merged": round(merged / without, 4), "unmerged": round(unmerged / without, 4)},
+        "update_in_sampling_steps": round(phases["update"]["seconds"] / step0, 3),
+        "memory_ratio": {"merged": round(peak_merged / peak_without, 4), "unmerged": round(peak_unmerged / peak_without, 4)},
+    }
 
 
 def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank: int, device: str, merge: bool = False,
@@ -51,7 +168,8 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
     diffusion = MaskedDiffusion()
     settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE}
     learner = TempLoRA(unet, diffusion, **settings) if temp_lora else None
-    gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), HashTextEncoder(cfg["embed"]).to(dev),
+    encoder = HashTextEncoder(cfg["embed"], max_tokens=cfg.get("tokens", 8)).to(dev)
+    gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), encoder,
                              ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps),
                              chunk_frames=cfg["chunk"], context_frames=cfg["context"], temp_lora=learner,
                              merge_for_sampling=merge)
@@ -95,15 +213,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="UNet weights (default: float16 on CUDA, else float32)")
     p.add_argument("--temp-lora", default="paper", choices=sorted(TEMP_LORA_PRESETS),
                    help="Temp-LoRA settings (paper: one Eq. 3 step per chunk; memory: docs/memory.md)")
+    p.add_argument("--components", action="store_true",
+                   help="time each phase of a chunk (sampling step without / with LoRA, merge, update) and its peak "
+                        "memory in one process, and compute the per-chunk ratio at --steps from the parts")
+    p.add_argument("--repeats", type=positive_int, default=3, help="--components: runs of each phase (median)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="with --components: also run --chunks whole chunks at --steps in each mode (subprocesses) "
+                        "and compare the measured ratio with the one composed from the parts at those steps")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    if args.components:
+        return components_main(args)
     if args.child:
         print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.rank, args.device,
                                   args.merge, args.dtype, args.temp_lora)))
         return 0
-    from slowfast_vgen.bench import machine
+    results = both_modes(args)
+    w, wo = results["with"], results["without"]
+    print(json.dumps({
+        "bench": "temp-lora", "preset": args.preset, "device": args.device, "settings": _settings(args),
+        "without_temp_lora": wo, "with_temp_lora": w,
+        "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),
+        "memory_ratio": round(w["peak_memory_mb"] / wo["peak_memory_mb"], 4),
+        "paper_table3": PAPER_TABLE3, "machine": machine(),
+    }, indent=2))
+    return 0
 
+
+PAPER_TABLE3 = {"time_ratio": round(13.8066 / 12.9305, 4), "memory_ratio": round(9931 / 9579, 4)}
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+
+    return {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
+            "rank": args.rank, "temp_lora": args.temp_lora,
+            "updates_per_chunk": TEMP_LORA_PRESETS[args.temp_lora]["steps_per_chunk"],
+            "draws": TEMP_LORA_PRESETS[args.temp_lora].get("draws", 1), "dtype": args.dtype,
+            "merge_for_sampling": args.merge,
+            "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]}
+
+
+def components_main(args: argparse.Namespace) -> int:
+    parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps)
+    out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
+           "settings": {**_settings(args), "repeats": args.repeats}, **parts, "paper_table3": PAPER_TABLE3}
+    if args.end_to_end:
+        results = both_modes(args)
+        ph, n = parts["phases"], args.steps
+        composed = (n * ph["sample_step_merged" if args.merge else "sample_step_lora_unmerged"]["seconds"]
+                    + ph["update"]["seconds"] + (ph["merge_unmerge"]["seconds"] if args.merge else 0.0))
+        out["end_to_end"] = {
+            "chunks": args.chunks, "steps": n, "merge_for_sampling": args.merge,
+            "without": results["without"], "with": results["with"],
+            "measured_time_ratio": round(results["with"]["seconds_per_chunk"] / results["without"]["seconds_per_chunk"], 4),
+            "composed_time_ratio": round(composed / (n * ph["sample_step_without_lora"]["seconds"]), 4),
+        }
+    out["machine"] = machine()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def both_modes(args: argparse.Namespace) -> dict[str, dict]:
+    """Each mode (without / with Temp-LoRA) in a fresh subprocess, so that each peak is its own."""
     results = {}
     for mode in ("without", "with"):
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
@@ -112,19 +285,4 @@ def main(argv: list[str] | None = None) -> int:
                *(["--merge"] if args.merge else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    w, wo = results["with"], results["without"]
-    print(json.dumps({
-        "bench": "temp-lora", "preset": args.preset, "device": args.device,
-        "settings": {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
-                     "rank": args.rank, "temp_lora": args.temp_lora,
-                     "updates_per_chunk": TEMP_LORA_PRESETS[args.temp_lora]["steps_per_chunk"],
-                     "draws": TEMP_LORA_PRESETS[args.temp_lora].get("draws", 1), "dtype": args.dtype,
-                     "merge_for_sampling": args.merge,
-                     "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]},
-        "without_temp_lora": wo, "with_temp_lora": w,
-        "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),
-        "memory_ratio": round(w["peak_memory_mb"] / wo["peak_memory_mb"], 4),
-        "paper_table3": {"time_ratio": round(13.8066 / 12.9305, 4), "memory_ratio": round(9931 / 9579, 4)},
-        "machine": machine(),
-    }, indent=2))
-    return 0
+    return results

@@ -10,6 +10,7 @@ with the video's length; chunks are handed out as they are made (``stream``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 from slowfast_vgen.diffusion.sampling import ChunkSampler
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.lora import TempLoRA, UpdateRecord
-from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video
+from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video, unet_output
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class LongVideoGenerator:
         self.on_chunk_end: list[Callable[[Chunk], None]] = []
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.unet(z_t, t, encoder_hidden_states=text.to(z_t.dtype)).sample
+        return unet_output(self.unet, z_t, t, text)
 
     @torch.no_grad()
     def stream(
@@ -112,10 +115,13 @@ class LongVideoGenerator:
         null = self.text_encoder([""]).to(device)
         generator = torch.Generator(device=device).manual_seed(seed)
         context = context_latents[:, :, -self.context_frames :]
+        sharded = self.temp_lora is not None and self.temp_lora.sharded
+        if sharded and self.merge_for_sampling:
+            log.warning("merge_for_sampling is off: the UNet is sharded by FSDP, Theta is applied unmerged")
         for i, item in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
-            merge = self.temp_lora is not None and self.merge_for_sampling
+            merge = self.temp_lora is not None and self.merge_for_sampling and not sharded
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
                 z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)

@@ -8,7 +8,7 @@ from slowfast_vgen.models.autoencoder import (
     load_vae,
 )
 from slowfast_vgen.models.text import CLIPTextEncoder, HashTextEncoder, TextEncoder
-from slowfast_vgen.models.unet import UNET_PRESETS, build_unet3d, load_unet3d
+from slowfast_vgen.models.unet import UNET_PRESETS, build_unet3d, load_unet3d, unet_output
 
 __all__ = [
     "CLIPTextEncoder",
@@ -22,4 +22,5 @@ __all__ = [
     "check_video",
     "load_unet3d",
     "load_vae",
+    "unet_output",
 ]

@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import UNet3DConditionModel
+from torch import nn
 
 from slowfast_vgen.errors import ModelNotAvailableError, UserInputError
 
@@ -76,6 +78,15 @@ def build_unet3d(preset: str = "tiny", config: dict[str, Any] | None = None, **o
     for key in ("down_block_types", "up_block_types", "block_out_channels"):
         config[key] = tuple(config[key])
     return UNet3DConditionModel(**config)
+
+
+def unet_output(unet: nn.Module, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The one UNet3D call of this project, eps_Phi(z_t, t, c) (or v): ``z_t`` (B, C, F, h, w), ``text`` the
+    encoder states (B, L, D). The UNet computes in its own dtype (a half-precision UNet under a float32
+    autoencoder or sampler); the output comes back in ``z_t``'s dtype, so the scheduler's and the loss's
+    arithmetic stay in the caller's precision."""
+    dtype = next(unet.parameters()).dtype
+    return unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample.to(z_t.dtype)
 
 
 def load_unet3d(pretrained: str, subfolder: str | None = "unet", revision: str | None = None) -> UNet3DConditionModel:

@@ -20,7 +20,7 @@ from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator
 from slowfast_vgen.io import repo_path
-from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video
+from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video, unet_output
 
 FROZEN_PREFIXES = ("autoencoder.", "text_encoder.")
 
@@ -93,7 +93,7 @@ class SlowLearningSystem(L.LightningModule):
     # -- the three layers, connected ------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """eps_Phi(z_t, t, c): (B, C, F, h, w) -> (B, C, F, h, w)."""
-        return self.unet(z_t, t, encoder_hidden_states=text.to(z_t.dtype)).sample
+        return unet_output(self.unet, z_t, t, text)
 
     @torch.no_grad()
     def encode_text(self, actions: list[str]) -> torch.Tensor:
