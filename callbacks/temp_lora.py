@@ -28,7 +28,7 @@ class TempLoRA(L.Callback):
         self,
         rank: int = 32,
         alpha: float | None = None,
-        target_modules: list[str] = list(DEFAULT_TARGETS),
+        target_modules: list[str] | str = list(DEFAULT_TARGETS),
         lr: float = 1e-4,
         steps_per_chunk: int = 1,
         variant: str = "temp-lora",
@@ -45,12 +45,16 @@ class TempLoRA(L.Callback):
         reverse_actions: dict[str, str] | None = None,
         novelty_gate: float = 0.0,
         lr_decay: float = 0.0,
+        update_frames: int = 0,
+        checkpointing: bool = False,
     ) -> None:
-        self.kwargs = dict(rank=rank, alpha=alpha, target_modules=tuple(target_modules), lr=lr,
+        targets = target_modules if isinstance(target_modules, str) else tuple(target_modules)  # str: a regex
+        self.kwargs = dict(rank=rank, alpha=alpha, target_modules=targets, lr=lr,
                            steps_per_chunk=steps_per_chunk, variant=variant, explode_factor=explode_factor, seed=seed,
                            draws=draws, replay=replay, reverse=reverse, clean_context=clean_context,
                            timestep_range=timestep_range, loss_guard=loss_guard, text_condition=text_condition,
-                           reverse_actions=reverse_actions, novelty_gate=novelty_gate, lr_decay=lr_decay)
+                           reverse_actions=reverse_actions, novelty_gate=novelty_gate, lr_decay=lr_decay,
+                           update_frames=update_frames, checkpointing=checkpointing)
         self.save_dir = save_dir
         self.learner: TempLoRALearner | None = None
 

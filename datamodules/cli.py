@@ -49,7 +49,7 @@ def _bytes_arg(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from slowfast_vgen.datamodules.videoio import PIX_FMTS, VIDEO_KINDS
-    from slowfast_vgen.datamodules.vizdoom_recorder import POLICIES
+    from slowfast_vgen.simulators.vizdoom import POLICIES
 
     parser = ArgumentParser(prog="sfvgen data", description="Turn videos and action logs into shards; check shards.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)

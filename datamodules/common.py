@@ -17,7 +17,6 @@ length drawn in ``[min_frames, max_frames]`` (paper App. C.1: mixed lengths insi
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,13 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from slowfast_vgen.errors import UserInputError
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit integer that depends only on ``parts`` (not on Python's per-process hash salt)."""
-    h1 = zlib.crc32(repr(parts).encode())
-    h2 = zlib.adler32(repr(parts[::-1]).encode())
-    return ((h1 << 31) ^ h2) & 0x7FFF_FFFF_FFFF_FFFF
+from slowfast_vgen.seeds import stable_seed  # noqa: F401 (the datamodules' seeds)
 
 
 class MixedLengthCollate:

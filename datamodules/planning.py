@@ -106,7 +106,7 @@ class TaskLoopDataModule(L.LightningDataModule):
             self.episodes = TaskEpisodes(h.task, h.num_episodes, h.first_seed, progress=True, **(h.task_kwargs or {}))
 
     def train_dataloader(self) -> DataLoader:
-        from slowfast_vgen.systems.slowfast import slow_fast_dataloader
+        from slowfast_vgen.datamodules.slowfast_data import slow_fast_dataloader
 
         return slow_fast_dataloader(self.trainer.lightning_module, self.episodes, self.trainer.current_epoch)
 

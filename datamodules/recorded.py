@@ -190,7 +190,7 @@ class ShardLoopDataModule(L.LightningDataModule):
         return episodes
 
     def train_dataloader(self) -> Any:
-        from slowfast_vgen.systems.slowfast import slow_fast_dataloader
+        from slowfast_vgen.datamodules.slowfast_data import slow_fast_dataloader
 
         epoch = self.trainer.current_epoch
         return slow_fast_dataloader(self.trainer.lightning_module, self.episodes_of_epoch(epoch), epoch)

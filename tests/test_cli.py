@@ -66,7 +66,7 @@ def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
     ckpt = sorted((tmp_path / "runs" / "slow_tiny").rglob("*.ckpt"))[-1]
     from safetensors.torch import load_file
 
-    from slowfast_vgen.training import export_main
+    from slowfast_vgen.checkpoints import export_main
 
     assert export_main([str(ckpt), str(tmp_path / "unet.safetensors")]) == 0
     weights = load_file(str(tmp_path / "unet.safetensors"))
@@ -75,7 +75,7 @@ def test_fit_saves_resolved_config_and_checkpoint(tmp_path):
     from safetensors import safe_open
 
     from slowfast_vgen.errors import UserInputError
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     with safe_open(str(tmp_path / "unet.safetensors"), framework="pt") as f:
         assert f.metadata()["prediction_type"] == "epsilon"
@@ -113,7 +113,8 @@ def test_quiet_lightning_filters_only_the_tips_and_the_pytree_warning():
 def test_step_limited_progress_bar_shows_no_negative_epoch_count():
     from types import SimpleNamespace
 
-    from slowfast_vgen.training import StepLimitedRichProgressBar, load_experiment
+    from slowfast_vgen.experiment import load_experiment
+    from slowfast_vgen.lightning_cli import StepLimitedRichProgressBar
 
     bar = StepLimitedRichProgressBar()
     bar._trainer = SimpleNamespace(max_epochs=-1)  # what Lightning sets when only max_steps is given

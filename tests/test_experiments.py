@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from testutils import REPO
 from tiny_pretrained import write_tiny_modelscope
-from slowfast_vgen.training import load_experiment
+from slowfast_vgen.experiment import load_experiment
 
 # Training experiments (LightningCLI); experiments/eval/ holds `sfvgen evaluate` configs (tests/test_evaluate.py).
 EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "eval" not in p.relative_to(REPO).parts[1:-1])

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from slowfast_vgen.callbacks import TempLoRA
-from slowfast_vgen.datamodules.world import WorldRevisitDataset, collate_episode, revisit_episode
+from slowfast_vgen.datamodules.world import WorldRevisitDataset, collate_episode
+from slowfast_vgen.simulators.world import revisit_episode
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
 from slowfast_vgen.systems import SlowLearningSystem
@@ -66,7 +67,7 @@ def test_temp_lora_callback_during_predict_saves_memory_and_restores_the_base(tm
 
 
 def test_generate_cli_writes_video_and_memory(tmp_path, monkeypatch):
-    from slowfast_vgen.generation.cli import main
+    from slowfast_vgen.generate import main
 
     actions = tmp_path / "actions.txt"
     actions.write_text("go right\n# a comment\ngo left\n")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from slowfast_vgen.datamodules.world import revisit_episode
+from slowfast_vgen.simulators.world import revisit_episode
 from slowfast_vgen.diffusion import MaskedDiffusion
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.evaluation.memory import (
@@ -98,8 +98,8 @@ def test_damage_is_zero_after_a_reset():
 
 
 def test_loss_guard_rolls_back_a_diverging_update_that_the_gradient_guard_lets_through():
-    from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    from slowfast_vgen.experiment import load_system
 
     # the shipped demo model (tiny preset): lr 3e-2 x 10 steps doubles the update's own loss (0.08 -> 0.16)
     system = load_system(str(DEFAULT_CONFIG), str(DEFAULT_WEIGHTS), ["--trainer.enable_checkpointing", "false"]).model

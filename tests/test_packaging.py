@@ -46,7 +46,7 @@ def test_the_packaged_demo_config_is_the_experiments_one():
 
 
 def test_demo_defaults_resolve_inside_the_package():
-    from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS, PACKAGE
+    from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS, PACKAGE
 
     for path in (DEFAULT_CONFIG, DEFAULT_WEIGHTS):
         assert path.is_file() and path.is_relative_to(PACKAGE), path
@@ -62,7 +62,7 @@ def test_the_wheel_ships_the_demo_config_and_weights(tmp_path):
     import pytest
 
     pytest.importorskip("setuptools")
-    from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS, PACKAGE
+    from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS, PACKAGE
 
     src = tmp_path / "src_copy"  # build from a copy: no build/ or egg-info in the working tree
     src.mkdir()

@@ -12,7 +12,7 @@ import torch
 from testutils import REPO, world_shards
 
 from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset, chunk_starts, pose_revisits, split_pose
-from slowfast_vgen.datamodules.world import revisit_episode
+from slowfast_vgen.simulators.world import revisit_episode
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.evaluation.memory import revisit_frame_score
 from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, summarize

@@ -136,7 +136,7 @@ def test_gradient_checkpointing_on_a_unet3d_is_a_clear_error():
 
 
 def test_inner_loop_runs_the_memory_learner_with_each_chunks_action_and_its_reverse(tmp_path):
-    from slowfast_vgen.datamodules.world import REVERSE
+    from slowfast_vgen.simulators.world import REVERSE
 
     system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), chunk_frames=2,
                                 context_frames=2, memory_dir=str(tmp_path / "mem"), lora_rank=4, lora_lr=1e-2,

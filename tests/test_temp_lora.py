@@ -214,3 +214,37 @@ def test_lr_decay_writes_later_chunks_less():
         assert decayed[i] / plain[i] < 0.75 and decayed[i] / plain[i] == pytest.approx(1 / (1 + i), rel=0.5)
     with pytest.raises(UserInputError, match="lr_decay"):
         make(True, lr_decay=-1)
+
+
+def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_nothing():
+    z = torch.randn(1, 12, 6, 8, 8, generator=torch.Generator().manual_seed(0))
+    null = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
+
+    def learner(**kw):
+        torch.manual_seed(0)
+        unet = build_unet3d("tiny").eval()
+        return unet, TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-2, seed=0, **kw)
+
+    unet, short = learner(update_frames=3)
+    seen = []
+    hook = unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
+    short.update(z[:, :, :2], z[:, :, 2:], null)
+    hook.remove()
+    assert seen == [3]  # the last 3 of the 6 frames of X_i (+) Y_i
+
+    _, decoder = learner(target_modules=r"up_blocks.*(to_q|to_k|to_v|to_out\.0)")
+    names = [n for n, m in decoder.unet.named_modules() if m in decoder.lora_layers()]
+    assert names and all(n.startswith("up_blocks.") for n in names)
+
+    thetas = []
+    for checkpointing in (False, True):
+        _, full = learner(checkpointing=checkpointing)
+        initial = [p.detach().clone() for p in full.params]
+        for _ in range(2):
+            record = full.update(z[:, :, :2], z[:, :, 2:], null)
+        thetas.append(([p.detach().clone() for p in full.params], record.loss))
+    (a, loss_a), (b, loss_b) = thetas
+    assert abs(loss_a - loss_b) < 1e-6 and all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+    assert all(not torch.equal(x, y) for x, y in zip(a, initial))  # it learned: not a comparison of untouched weights
+    with pytest.raises(UserInputError, match="update_frames must be >= 0"):
+        learner(update_frames=-1)

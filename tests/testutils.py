@@ -14,7 +14,7 @@ def world_shards(root, seeds=(0, 1), chunk_frames=2, chunks_out=3):
     import torch
 
     from slowfast_vgen.datamodules.shardset import ShardSetWriter
-    from slowfast_vgen.datamodules.world import revisit_episode
+    from slowfast_vgen.simulators.world import revisit_episode
 
     writer = ShardSetWriter(root, "test-world", {}, video="mp4-lossless")
     episodes = []

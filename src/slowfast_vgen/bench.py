@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import platform
 import statistics
 import time
-from datetime import date
-from typing import Any
 
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
+from slowfast_vgen.machine import machine
 
 DELEGATED = {
     "temp-lora": "slowfast_vgen.generation.bench:main",
@@ -29,14 +27,6 @@ DELEGATED = {
 }
 # preset -> (unet preset, batch size, frames, frame size)
 TRAIN_PRESETS = {"tiny": ("tiny", 2, 8, 16), "small": ("small", 4, 8, 32)}
-
-
-def machine() -> dict[str, Any]:
-    info = {"date": date.today().isoformat(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "platform": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def _system_and_batch(preset: str, device: torch.device):

@@ -15,9 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import sys
-from typing import NoReturn
 
 from slowfast_vgen.errors import UserInputError
 
@@ -30,11 +28,11 @@ LIGHTNING_COMMANDS = {
 # name -> (module:function, help). Each function takes the remaining argv and returns an exit code.
 TOOL_COMMANDS = {
     "demo": ("slowfast_vgen.demo:main", "train/generate on the built-in world and write videos (make demo)"),
-    "generate": ("slowfast_vgen.generation.cli:main", "generate a long video from a first frame and actions"),
+    "generate": ("slowfast_vgen.generate:main", "generate a long video from a first frame and actions"),
     "data": ("slowfast_vgen.datamodules.cli:main", "build, verify and record WebDataset shards"),
     "evaluate": ("slowfast_vgen.evaluation.cli:main", "evaluate models and write the paper's tables"),
     "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, slow-fast, data, metrics) as JSON"),
-    "export": ("slowfast_vgen.training:export_main", "UNet weights of a checkpoint -> safetensors"),
+    "export": ("slowfast_vgen.checkpoints:export_main", "UNet weights of a checkpoint -> safetensors"),
 }
 
 
@@ -77,24 +75,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _one_line(message: str) -> str:
-    """Condense a jsonargparse error (often a nested, multi-line report) into its most specific line."""
-    lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
-    if not lines:
-        return "invalid configuration"
-    key = next((m.group(1) for ln in lines if (m := re.search(r'[Kk]ey "([^"]+)"', ln))), None)
-    detail = next(
-        (ln for ln in lines if re.search(r"not expected|Expected a|Got value|does not|invalid|unrecognized", ln)),
-        lines[-1],
-    )
-    detail = re.sub(r"\s+", " ", detail)
-    if key and key not in detail:
-        return f'config key "{key}": {detail}'
-    return detail
-
-
 def run_lightning(argv: list[str]) -> int:
-    from slowfast_vgen.training import SfvgenCLI
+    from slowfast_vgen.lightning_cli import SfvgenCLI
 
     SfvgenCLI(args=argv)  # a UserInputError goes to main's handler
     return 0
@@ -149,14 +131,6 @@ def _debug_traceback() -> None:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-
-
-def exit_with_usage_error(message: str) -> NoReturn:
-    """Used by the config parser: one line on stderr, exit code 2."""
-    print(f"sfvgen: error: {_one_line(message)}", file=sys.stderr)
-    if os.environ.get("SFVGEN_DEBUG"):
-        print(message, file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

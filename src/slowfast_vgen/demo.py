@@ -21,17 +21,12 @@ import time
 from pathlib import Path
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
-
-PACKAGE = Path(__file__).resolve().parent
-# Package data (setup.cfg [options.package_data]), not the source tree's experiments/: a symlink to
-# experiments/world_demo.yaml in the repository, a real file in a wheel (tests/test_packaging.py).
-DEFAULT_CONFIG = PACKAGE / "configs" / "world_demo.yaml"
-DEFAULT_WEIGHTS = PACKAGE / "assets" / "world_demo.safetensors"
+from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
 
 def build_demo_system(config: Path, weights: Path | None, train_minutes: float, out: Path):
     """The demo LightningModule: shipped weights if present, else a short CPU training run."""
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     shipped = weights is not None and weights.is_file()
     overrides = ["--trainer.default_root_dir", str(out / "train"), "--trainer.enable_checkpointing", "false"]
@@ -46,7 +41,7 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
     print(f"no weights at {weights}: training the demo model for {train_minutes} min on the built-in world")
     import lightning as L
 
-    from slowfast_vgen.training import default_progress_bar
+    from slowfast_vgen.lightning_cli import default_progress_bar
 
     trainer = L.Trainer(
         max_time={"minutes": train_minutes}, max_steps=-1, accelerator="auto", devices=1, logger=False,
@@ -58,7 +53,7 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.evaluation.memory import lora_kwargs, lora_options
+    from slowfast_vgen.lora import lora_kwargs, lora_options
 
     parser = ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -77,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--shards: frames within this distance (map units) and at the same angle are one place")
     args = parser.parse_args(argv)
     if args.shards is not None:
-        from slowfast_vgen.datamodules.vizdoom_recorder import REVERSE
+        from slowfast_vgen.simulators.vizdoom import REVERSE
     else:
-        from slowfast_vgen.datamodules.world import REVERSE
+        from slowfast_vgen.simulators.world import REVERSE
 
     lora = lora_kwargs(args, REVERSE)
     if args.episodes < 2:

@@ -8,6 +8,10 @@ and reads user files through helpers that name the file and what was expected (`
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import sys
+from typing import NoReturn
 
 
 class UserInputError(ValueError):
@@ -35,3 +39,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _one_line(message: str) -> str:
+    """Condense a jsonargparse error (often a nested, multi-line report) into its most specific line."""
+    lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
+    if not lines:
+        return "invalid configuration"
+    key = next((m.group(1) for ln in lines if (m := re.search(r'[Kk]ey "([^"]+)"', ln))), None)
+    detail = next(
+        (ln for ln in lines if re.search(r"not expected|Expected a|Got value|does not|invalid|unrecognized", ln)),
+        lines[-1],
+    )
+    detail = re.sub(r"\s+", " ", detail)
+    if key and key not in detail:
+        return f'config key "{key}": {detail}'
+    return detail
+
+
+def exit_with_usage_error(message: str) -> NoReturn:
+    """Used by the config parser: one line on stderr, exit code 2."""
+    print(f"sfvgen: error: {_one_line(message)}", file=sys.stderr)
+    if os.environ.get("SFVGEN_DEBUG"):
+        print(message, file=sys.stderr)
+    sys.exit(2)

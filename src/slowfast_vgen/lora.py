@@ -21,6 +21,7 @@ action's text, a timestep range, a novelty gate.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -29,6 +30,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -38,7 +40,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from slowfast_vgen.diffusion.masked import MaskedDiffusion, masked_mse
-from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.errors import UserInputError, positive_int
 from slowfast_vgen.io import atomic_path
 from slowfast_vgen.models.unet import unet_output
 
@@ -104,6 +106,14 @@ class TempLoRA:
         lr_decay: chunk ``i`` of an episode learns at ``lr / (1 + lr_decay * i)`` (0: a constant rate, as the
             paper): early chunks are written firmly, later ones less, so that a return to known places does not
             overwrite them with the model's re-rendering (docs/memory.md: freezing the memory at the turn helped).
+        update_frames: if > 0, the update trains on the last ``update_frames`` frames of X_i (+) Y_i only (a cheaper
+            update: each frame is still written once, as output; ``sfvgen bench temp-lora --components``).
+        checkpointing: recompute each down / mid / up block's activations in the update's backward pass instead
+            of keeping them (less memory for more time; sampling is unaffected).
+
+    ``target_modules`` may be a regular expression (peft's convention), e.g. ``r"up_blocks.*(to_q|to_k|to_v|to_out.0)"``
+    for Theta on the decoder only: the backward pass then stops where the first LoRA layer is, and the encoder's
+    activations are not kept (a cheaper update).
     """
 
     def __init__(
@@ -130,6 +140,8 @@ class TempLoRA:
         reverse_actions: dict[str, str] | None = None,
         novelty_gate: float = 0.0,
         lr_decay: float = 0.0,
+        update_frames: int = 0,
+        checkpointing: bool = False,
     ) -> None:
         if variant not in VARIANTS:
             raise UserInputError(f"Temp-LoRA variant {variant!r}; expected one of {list(VARIANTS)}")
@@ -145,7 +157,7 @@ class TempLoRA:
             )
         self.unet, self.diffusion = unet, diffusion
         self.rank, self.alpha = rank, float(alpha if alpha is not None else rank)
-        self.target_modules = list(target_modules)
+        self.target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, float(explode_factor), seed
         n_train = self.diffusion.num_train_timesteps
@@ -164,6 +176,9 @@ class TempLoRA:
         self.text_condition, self.reverse_actions = text_condition, dict(reverse_actions or {})
         self.novelty_gate = float(novelty_gate)
         self.lr_decay = float(lr_decay)
+        if update_frames < 0:
+            raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {update_frames}")
+        self.update_frames, self.checkpointing = int(update_frames), bool(checkpointing)
         if not self.lr_decay >= 0:
             raise UserInputError(f"Temp-LoRA: lr_decay must be >= 0, got {lr_decay}")
         self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(loss_guard)
@@ -323,6 +338,7 @@ class TempLoRA:
         chunk = self.chunks_seen
         self.chunks_seen += 1
         z0 = torch.cat([context, generated], dim=2).detach()  # Alg. 1a l.11: X_i (+) Y_i, (B, C, f_p+f_g, h, w)
+        n_input = context.shape[2]
         if self.variant == "no-local" or self.replay:
             new = generated.detach().cpu() if self._sequence else z0.cpu()
             self._sequence.append(new)
@@ -333,8 +349,12 @@ class TempLoRA:
         record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + chunk)
         own_batch = None  # the first step's batch, for the loss guard
+        clip, n_clip_input = z0, n_input
+        if 0 < self.update_frames < z0.shape[2]:  # a cheaper update: the last frames only
+            clip = z0[:, :, -self.update_frames:]
+            n_clip_input = max(0, n_input - (z0.shape[2] - self.update_frames))
         for step in range(self.steps_per_chunk):
-            batch = self._batch(z0, context.shape[2], step, null_text, text, g, (fwd, rev))
+            batch = self._batch(clip, n_clip_input, step, null_text, text, g, (fwd, rev))
             own_batch = own_batch or batch
             if step == 0 and self.novelty_gate:  # before any gradient: a remembered chunk costs two forwards only
                 remembered, record.memory_ratio = self._remembered(batch, z0.shape[0])
@@ -426,7 +446,7 @@ class TempLoRA:
         noisy = self.diffusion.add_noise(z0, noise, t)  # Alg. 1a l.12: noise on the whole sequence ...
         frame = torch.arange(z0.shape[2], device=z0.device)[None, None, :, None, None]
         noisy = torch.where(frame < n_clean[:, None, None, None, None], z0, noisy)  # ... but clean context
-        with torch.enable_grad():
+        with torch.enable_grad(), _checkpointed_blocks(self.unet) if self.checkpointing else contextlib.nullcontext():
             pred = unet_output(self.unet, noisy, t, cond)
             target = self.diffusion.target(z0, noise, t)  # eps (paper), or v for a v-prediction model
             return masked_mse(pred, target, n_clean)  # Alg. 1a l.13 (all frames unless some are clean)
@@ -523,6 +543,31 @@ class TempLoRA:
         return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
 
 
+@contextlib.contextmanager
+def _checkpointed_blocks(unet: nn.Module) -> Iterator[None]:
+    """Inside: each down / mid / up block of a diffusers UNet recomputes its activations in the backward pass
+    (``torch.utils.checkpoint``, non-reentrant) instead of storing them. diffusers' UNet3DConditionModel has no
+    gradient checkpointing of its own."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = [*getattr(unet, "down_blocks", []), *([unet.mid_block] if getattr(unet, "mid_block", None) else []),
+              *getattr(unet, "up_blocks", [])]
+    originals = [block.forward for block in blocks]
+
+    def wrap(fn):
+        def forward(*args, **kwargs):
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs) if torch.is_grad_enabled() else fn(*args, **kwargs)
+        return forward
+
+    for block, fn in zip(blocks, originals):
+        block.forward = wrap(fn)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's forward
+
+
 def _per_sample_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
     """Forward hook adding sample b's LoRA delta to the rows of sample b (see :meth:`TempLoRA.per_sample`)."""
 
@@ -537,3 +582,72 @@ def _per_sample_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
         return output + delta.reshape(output.shape).to(output.dtype)
 
     return hook
+
+
+# Temp-LoRA settings by name. "paper": Sec. 3.2 / App. C.1 as the paper states them (rank 32, lr 1e-4, Eq. 3: the
+# whole clip noised, no text; one step per chunk, which the paper leaves open). "memory": what the search in
+# docs/memory.md found to store places so that the way back reads them (clean-context clips under their action's
+# text, time-reversed copies under the reverse action, more steps at a higher rate, guarded against divergence).
+TEMP_LORA_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(rank=32, lr=1e-4, steps_per_chunk=1),
+    "memory": dict(rank=32, lr=1e-3, steps_per_chunk=20, draws=2, reverse=True, clean_context=4,
+                   text_condition="action", explode_factor=math.inf, loss_guard=1.5),
+}
+_OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
+    "--rank": ("rank", positive_int, "LoRA rank (paper: 32)"),
+    "--lr": ("lr", float, "learning rate (paper: 1e-4)"),
+    "--updates-per-chunk": ("steps_per_chunk", positive_int, "gradient steps after each chunk"),
+    "--draws": ("draws", positive_int, "clips per gradient step (batched)"),
+    "--clean-context": ("clean_context", int, "clean leading frames of each update clip (0: Eq. 3)"),
+    "--loss-guard": ("loss_guard", float, "roll back an update that raises its own batch's loss past this factor "
+                     "(0: off)"),
+    "--novelty-gate": ("novelty_gate", float, "skip writing a chunk that Theta already explains (loss ratio "
+                       "with / without Theta below this; 0: off)"),
+    "--lr-decay": ("lr_decay", float, "chunk i of an episode learns at lr / (1 + lr_decay * i) (0: constant)"),
+    "--update-frames": ("update_frames", int, "train on the last N frames of input + output only (0: all; cheaper)"),
+    "--explode-factor": ("explode_factor", float, "roll back an update whose gradient norm exceeds this multiple "
+                         "of the median of the earlier ones (inf: off)"),
+}
+
+
+def lora_options(parser: Any, default_preset: str = "paper") -> None:
+    """Temp-LoRA settings as command-line options (``bench memory``, the demo): a preset and overrides."""
+    parser.add_argument("--temp-lora", default=default_preset, choices=sorted(TEMP_LORA_PRESETS),
+                        help=f"Temp-LoRA settings to start from (default: {default_preset}; paper: as the paper "
+                        "states them; memory: the variant that docs/memory.md found to be read best)")
+    for flag, (_, kind, text) in _OPTIONS.items():
+        parser.add_argument(flag, type=kind, default=None, help=f"{text}; overrides the preset")
+    parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=None,
+                        help="extra draws from the episode so far")
+    parser.add_argument("--reverse", action=argparse.BooleanOptionalAction, default=None,
+                        help="every other clip reversed in time")
+    parser.add_argument("--text-condition", default=None, choices=["none", "action"],
+                        help="update clips under the empty prompt (Eq. 3) or their action's text")
+    parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LO", "HI"))
+    parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute the UNet blocks' activations in the update's backward (less memory, more time)")
+    parser.add_argument("--targets", default=None,
+                        help="LoRA target modules: comma-separated names, or a regular expression (peft), e.g. "
+                             "'up_blocks.*(to_q|to_k|to_v|to_out.0)' for the decoder only (a cheaper update)")
+
+
+def lora_kwargs(args: Any, reverse_actions: dict[str, str] | None = None) -> dict:
+    """TempLoRA kwargs from :func:`lora_options`; ``reverse_actions``: the domain's action reversal."""
+    kw = dict(TEMP_LORA_PRESETS[args.temp_lora])
+    given = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _, _) in _OPTIONS.items()}
+    given.update(replay=args.replay, reverse=args.reverse, text_condition=args.text_condition,
+                 timestep_range=None if args.timestep_range is None else list(args.timestep_range),
+                 checkpointing=args.checkpointing, target_modules=parse_targets(args.targets))
+    kw.update({k: v for k, v in given.items() if v is not None})
+    if kw.get("reverse") and kw.get("text_condition") == "action":
+        kw["reverse_actions"] = dict(reverse_actions or {})
+    return kw
+
+
+def parse_targets(text: str | None) -> str | list[str] | None:
+    """``--targets``: "to_q,to_k" -> a list of names; anything with a regular-expression character -> the regex."""
+    if text is None:
+        return None
+    if any(ch in text for ch in "*()|[]^$\\+?"):
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]

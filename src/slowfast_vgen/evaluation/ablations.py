@@ -23,7 +23,7 @@ from slowfast_vgen.metrics import SceneRevisitConsistency
 
 def build_system(config: str, weights: str | None = None) -> L.LightningModule:
     """The LightningModule of an experiment YAML, with UNet weights from a safetensors file if given."""
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     return load_system(config, weights).model
 

@@ -104,7 +104,7 @@ def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
         from slowfast_vgen.evaluation.planning import run_table2
 
         return run_table2(cfg)
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     cli = load_system(cfg["model"]["config"], cfg["model"].get("weights"))
     system = cli.model

@@ -18,13 +18,13 @@ world has them exactly; recorded episodes carry them as poses.
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any
 
 import torch
 
-from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
+from slowfast_vgen.errors import ArgumentParser, UserInputError
+from slowfast_vgen.lora import lora_kwargs, lora_options
 from slowfast_vgen.models.unet import unet_output
 
 
@@ -295,69 +295,16 @@ def memory_diagnostics(system: Any, episodes: list[dict], unseen: list[dict], lo
     return {"summary": summary, "episodes": per_episode, "timesteps": list(timesteps), "lora": lora}
 
 
-# Temp-LoRA settings by name. "paper": Sec. 3.2 / App. C.1 as the paper states them (rank 32, lr 1e-4, Eq. 3: the
-# whole clip noised, no text; one step per chunk, which the paper leaves open). "memory": what the search in
-# docs/memory.md found to store places so that the way back reads them (clean-context clips under their action's
-# text, time-reversed copies under the reverse action, more steps at a higher rate, guarded against divergence).
-TEMP_LORA_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(rank=32, lr=1e-4, steps_per_chunk=1),
-    "memory": dict(rank=32, lr=1e-3, steps_per_chunk=20, draws=2, reverse=True, clean_context=4,
-                   text_condition="action", explode_factor=math.inf, loss_guard=1.5),
-}
-_OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
-    "--rank": ("rank", positive_int, "LoRA rank (paper: 32)"),
-    "--lr": ("lr", float, "learning rate (paper: 1e-4)"),
-    "--updates-per-chunk": ("steps_per_chunk", positive_int, "gradient steps after each chunk"),
-    "--draws": ("draws", positive_int, "clips per gradient step (batched)"),
-    "--clean-context": ("clean_context", int, "clean leading frames of each update clip (0: Eq. 3)"),
-    "--loss-guard": ("loss_guard", float, "roll back an update that raises its own batch's loss past this factor "
-                     "(0: off)"),
-    "--novelty-gate": ("novelty_gate", float, "skip writing a chunk that Theta already explains (loss ratio "
-                       "with / without Theta below this; 0: off)"),
-    "--lr-decay": ("lr_decay", float, "chunk i of an episode learns at lr / (1 + lr_decay * i) (0: constant)"),
-    "--explode-factor": ("explode_factor", float, "roll back an update whose gradient norm exceeds this multiple "
-                         "of the median of the earlier ones (inf: off)"),
-}
-
-
-def lora_options(parser: Any, default_preset: str = "paper") -> None:
-    """Temp-LoRA settings as command-line options (``bench memory``, the demo): a preset and overrides."""
-    parser.add_argument("--temp-lora", default=default_preset, choices=sorted(TEMP_LORA_PRESETS),
-                        help=f"Temp-LoRA settings to start from (default: {default_preset}; paper: as the paper "
-                        "states them; memory: the variant that docs/memory.md found to be read best)")
-    for flag, (_, kind, text) in _OPTIONS.items():
-        parser.add_argument(flag, type=kind, default=None, help=f"{text}; overrides the preset")
-    parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=None,
-                        help="extra draws from the episode so far")
-    parser.add_argument("--reverse", action=argparse.BooleanOptionalAction, default=None,
-                        help="every other clip reversed in time")
-    parser.add_argument("--text-condition", default=None, choices=["none", "action"],
-                        help="update clips under the empty prompt (Eq. 3) or their action's text")
-    parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LO", "HI"))
-
-
-def lora_kwargs(args: Any, reverse_actions: dict[str, str] | None = None) -> dict:
-    """TempLoRA kwargs from :func:`lora_options`; ``reverse_actions``: the domain's action reversal."""
-    kw = dict(TEMP_LORA_PRESETS[args.temp_lora])
-    given = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _, _) in _OPTIONS.items()}
-    given.update(replay=args.replay, reverse=args.reverse, text_condition=args.text_condition,
-                 timestep_range=None if args.timestep_range is None else list(args.timestep_range))
-    kw.update({k: v for k, v in given.items() if v is not None})
-    if kw.get("reverse") and kw.get("text_condition") == "action":
-        kw["reverse_actions"] = dict(reverse_actions or {})
-    return kw
-
-
 def main(argv: list[str] | None = None) -> int:
     """``sfvgen bench memory``: written / read / damage of Temp-LoRA on the built-in world, as JSON."""
     import json
     import time
 
-    from slowfast_vgen.bench import machine
-    from slowfast_vgen.datamodules.world import REVERSE, revisit_episode
-    from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    from slowfast_vgen.machine import machine
+    from slowfast_vgen.simulators.world import REVERSE, revisit_episode
+    from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
     from slowfast_vgen.io import atomic_path
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     parser = ArgumentParser(prog="sfvgen bench memory", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="experiment (default: the demo's)")

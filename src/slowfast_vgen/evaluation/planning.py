@@ -77,7 +77,7 @@ def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = T
     from slowfast_vgen.lora import TempLoRA
     from slowfast_vgen.planning.executor import PlanExecutor
     from slowfast_vgen.planning.tasks import make_task
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     check_task_entry(entry)
     name, kwargs = entry["task"], dict(entry.get("task_kwargs") or {})

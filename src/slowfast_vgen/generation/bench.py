@@ -15,7 +15,7 @@ import sys
 import time
 
 import torch
-from slowfast_vgen.bench import machine
+from slowfast_vgen.machine import machine
 from slowfast_vgen.errors import ArgumentParser, positive_int
 
 PRESETS = {
@@ -54,17 +54,20 @@ def peak_mb(device: torch.device) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset: str, repeats: int, steps: int) -> dict:
+def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset: str, repeats: int, steps: int,
+                   options: dict | None = None, update_only: bool = False) -> dict:
     """Each phase of one Temp-LoRA chunk, timed (median of ``repeats``) and its peak memory, in this process:
     a guided sampling step (three-way guidance: one UNet call at batch 3 on the context + new frames) without
     LoRA, with the LoRA unmerged and with Theta merged; merging and unmerging; the update (the preset's steps on
     the context + new frames, Alg. 1a l.11-14). The per-chunk ratio at ``steps`` sampling steps is computed from
-    the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``."""
+    the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``. ``options``: TempLoRA settings
+    over the preset (e.g. ``update_frames``, ``target_modules``, ``checkpointing``: the cheaper updates);
+    ``update_only``: time the update alone (to compare such options without re-timing sampling)."""
     import statistics
 
-    from slowfast_vgen.datamodules.world import REVERSE
+    from slowfast_vgen.simulators.world import REVERSE
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
-    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+    from slowfast_vgen.lora import TEMP_LORA_PRESETS
     from slowfast_vgen.lora import TempLoRA
     from slowfast_vgen.models import HashTextEncoder, build_unet3d, unet_output
 
@@ -109,9 +112,18 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         with torch.no_grad():
             sampler.guided_noise(denoise, context, new, t, text, null)
 
-    phases = {"sample_step_without_lora": timed(sample_step)}
-    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE}
+    phases = {} if update_only else {"sample_step_without_lora": timed(sample_step)}
+    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE, **(options or {})}
     learner = TempLoRA(unet, diffusion, **settings)
+    described = {"update_steps": settings["steps_per_chunk"], "update_draws": settings.get("draws", 1),
+                 "options": {k: v for k, v in (options or {}).items()}}
+
+    def update():
+        learner.update(context, new, null, text, back)
+
+    if update_only:
+        return {"phases": {"update": timed(update)}, "weights_mb": round(weights_mb, 1), "parameters": parameters,
+                "lora_parameters": sum(p.numel() for p in learner.params), **described}
     phases["sample_step_lora_unmerged"] = timed(sample_step)
 
     def merged_step():
@@ -127,9 +139,6 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
     phases["sample_step_merged"]["seconds"] = max(
         0.0, phases["sample_step_merged"]["seconds"] - phases["merge_unmerge"]["seconds"])
 
-    def update():
-        learner.update(context, new, null, text, back)
-
     phases["update"] = timed(update)
     step0 = phases["sample_step_without_lora"]["seconds"]
     without = steps * step0
@@ -142,7 +151,7 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         "phases": phases, "weights_mb": round(weights_mb, 1),
         "parameters": parameters,
         "lora_parameters": sum(p.numel() for p in learner.params),
-        "update_steps": settings["steps_per_chunk"], "update_draws": settings.get("draws", 1),
+        **described,
         "per_chunk_seconds": {"without": round(without, 3), "with_merged": round(merged, 3), "with_unmerged": round(unmerged, 3)},
         "time_ratio": {"merged": round(merged / without, 4), "unmerged": round(unmerged / without, 4)},
         "update_in_sampling_steps": round(phases["update"]["seconds"] / step0, 3),
@@ -153,9 +162,9 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
 def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank: int, device: str, merge: bool = False,
              dtype: str = "float32", lora_preset: str = "paper") -> dict:
     """One mode in this process; ``preset``: a name in PRESETS or such a dict; ``lora_preset``: Temp-LoRA
-    settings by name (:data:`slowfast_vgen.evaluation.memory.TEMP_LORA_PRESETS`)."""
-    from slowfast_vgen.datamodules.world import REVERSE, World
-    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+    settings by name (:data:`slowfast_vgen.lora.TEMP_LORA_PRESETS`)."""
+    from slowfast_vgen.simulators.world import REVERSE, World
+    from slowfast_vgen.lora import TEMP_LORA_PRESETS
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
     from slowfast_vgen.generation import LongVideoGenerator
     from slowfast_vgen.lora import TempLoRA
@@ -201,7 +210,7 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+    from slowfast_vgen.lora import TEMP_LORA_PRESETS
 
     p = ArgumentParser(prog="sfvgen bench temp-lora")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -220,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--end-to-end", action="store_true",
                    help="with --components: also run --chunks whole chunks at --steps in each mode (subprocesses) "
                         "and compare the measured ratio with the one composed from the parts at those steps")
+    p.add_argument("--update-only", action="store_true", help="--components: time the update alone")
+    p.add_argument("--update-frames", type=int, default=None, help="train on the last N frames of input + output")
+    p.add_argument("--targets", default=None, help="LoRA targets: names or a regex (e.g. the decoder only)")
+    p.add_argument("--checkpointing", action="store_true", help="recompute activations in the update's backward")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
@@ -245,7 +258,7 @@ PAPER_TABLE3 = {"time_ratio": round(13.8066 / 12.9305, 4), "memory_ratio": round
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from slowfast_vgen.evaluation.memory import TEMP_LORA_PRESETS
+    from slowfast_vgen.lora import TEMP_LORA_PRESETS
 
     return {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
             "rank": args.rank, "temp_lora": args.temp_lora,
@@ -256,10 +269,15 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def components_main(args: argparse.Namespace) -> int:
-    parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps)
+    from slowfast_vgen.lora import parse_targets
+
+    options = {k: v for k, v in dict(update_frames=args.update_frames, target_modules=parse_targets(args.targets),
+                                     checkpointing=args.checkpointing or None).items() if v is not None}
+    parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps,
+                           options, args.update_only)
     out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
            "settings": {**_settings(args), "repeats": args.repeats}, **parts, "paper_table3": PAPER_TABLE3}
-    if args.end_to_end:
+    if args.end_to_end and not args.update_only:
         results = both_modes(args)
         ph, n = parts["phases"], args.steps
         composed = (n * ph["sample_step_merged" if args.merge else "sample_step_lora_unmerged"]["seconds"]

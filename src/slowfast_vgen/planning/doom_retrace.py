@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slowfast_vgen.datamodules.common import stable_seed
+from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.planning.tasks import Episode
 
@@ -117,8 +117,8 @@ class PathRetraceTask:
             raise UserInputError(f"PathRetraceTask waypoint_radius must be a number in [5, 100] map units, "
                                  f"got {waypoint_radius!r}")
         try:
-            from slowfast_vgen.datamodules.vizdoom_recorder import ACTIONS as BUTTONS
-            from slowfast_vgen.datamodules.vizdoom_recorder import TURN_STEP, DoomRecorder
+            from slowfast_vgen.simulators.vizdoom import ACTIONS as BUTTONS
+            from slowfast_vgen.simulators.vizdoom import TURN_STEP, DoomRecorder
         except ImportError:
             raise UserInputError("the path-retrace task needs ViZDoom: pip install 'slowfast-vgen[game]'") from None
         self.resolution = resolution

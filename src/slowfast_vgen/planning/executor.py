@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from slowfast_vgen.datamodules.common import stable_seed
+from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator
 from slowfast_vgen.lora import UpdateRecord

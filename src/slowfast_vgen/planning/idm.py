@@ -89,8 +89,8 @@ def world_idm_data(num_episodes: int, seed: int, frames: int = 16, **world_kwarg
     """Random-action rollouts of the built-in world: (pairs, labels) and the action vocabulary."""
     import numpy as np
 
-    from slowfast_vgen.datamodules.common import stable_seed
-    from slowfast_vgen.datamodules.world import ACTIONS, World
+    from slowfast_vgen.seeds import stable_seed
+    from slowfast_vgen.simulators.world import ACTIONS, World
 
     vocab = list(ACTIONS)
     videos, actions = [], []

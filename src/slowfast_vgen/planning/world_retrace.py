@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slowfast_vgen.datamodules.common import stable_seed
-from slowfast_vgen.datamodules.world import ACTIONS, REVERSE, World
+from slowfast_vgen.seeds import stable_seed
+from slowfast_vgen.simulators.world import ACTIONS, REVERSE, World
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.planning.tasks import Episode
 

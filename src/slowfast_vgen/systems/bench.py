@@ -24,10 +24,10 @@ PRESETS = {"tiny": ("tiny", 4, 8), "small": ("small", 4, 16)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.bench import machine
+    from slowfast_vgen.machine import machine
     from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
     from slowfast_vgen.systems import SlowFastLoopSystem
-    from slowfast_vgen.systems.slowfast import collate_records
+    from slowfast_vgen.datamodules.slowfast_data import collate_records
 
     parser = ArgumentParser(prog="sfvgen bench slow-fast")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))

@@ -8,14 +8,13 @@ are frozen, App. C.1), the diffusion process (:class:`MaskedDiffusion`, Eq. 1-2)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-from slowfast_vgen.datamodules.common import stable_seed
+from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator

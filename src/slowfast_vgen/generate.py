@@ -48,7 +48,7 @@ def read_actions(source: str) -> Iterator[str]:
 def load_first_frame(path: str | None, size: int, world_seed: int, world: dict) -> torch.Tensor:
     """(1, 1, 3, size, size) in [0, 1]: an image file resized, or a start view of the built-in world."""
     if path is None:
-        from slowfast_vgen.datamodules.world import World
+        from slowfast_vgen.simulators.world import World
 
         w = World(seed=world_seed, cells=world["cells"], cell_size=world["cell_size"], view_size=world["view_size"])
         return torch.from_numpy(w.render(0, 0))[None, None]
@@ -65,7 +65,7 @@ def load_first_frame(path: str | None, size: int, world_seed: int, world: dict) 
 
 
 def load_model(config: str, weights: str | None, ckpt: str | None):
-    from slowfast_vgen.training import load_system
+    from slowfast_vgen.experiment import load_system
 
     cli = load_system(config, weights, ckpt)
     hp = getattr(cli.datamodule, "hparams", {})
@@ -74,7 +74,7 @@ def load_model(config: str, weights: str | None, ckpt: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.demo import DEFAULT_CONFIG, DEFAULT_WEIGHTS
+    from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
     from slowfast_vgen.lora import VARIANTS, TempLoRA
 
     p = ArgumentParser(prog="sfvgen generate", description=__doc__.split("\n\n")[0])
