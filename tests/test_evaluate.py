@@ -54,6 +54,15 @@ def test_bad_eval_config_names_the_key(tmp_path):
         load_eval_config(str(bad), [])
     with pytest.raises(UserInputError, match="table"):
         load_eval_config(str(EVALS[0]), ["table=table99"])
+    # the structured schema (evaluation.cli.EvalConfig): nested keys and types are checked too, with their path
+    text = (REPO / "experiments" / "eval" / "table1_world.yaml").read_text()
+    for old, new, match in [("  steps: 20", "  steps: many", r'"settings.steps".*converted to Integer'),
+                            ("  episodes: 8", "  episodes: 8\n  colour: red", r'"benchmark.colour" is not expected.*shards'),
+                            ("out: outputs/eval/table1_world", "", r"\['out'\] must be set"),
+                            ("table: table1", "table: table1\nbenchmark: {}", "not valid YAML")]:
+        bad.write_text(text.replace(old, new, 1))
+        with pytest.raises(UserInputError, match=match):
+            load_eval_config(str(bad), [])
 
 
 def test_human_evaluation_sheet(tmp_path):

@@ -21,25 +21,107 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
 from slowfast_vgen.evaluation import ablations
 from slowfast_vgen.io import atomic_path, repo_path
 
 TABLES = ("table1", "table2", "table4", "table6_8", "table9")
-SCHEMA = {"table": str, "model": dict, "benchmark": dict, "settings": dict, "out": str}
+
+
+# The schema of an evaluation YAML, as OmegaConf structured configs: unknown keys and wrong types are errors that
+# name the key. Unset optional values are None and dropped after the merge, so each table's own default applies.
+@dataclass
+class ModelSpec:
+    config: Optional[str] = None  # an experiment YAML
+    weights: Optional[str] = None  # UNet weights (safetensors)
+
+
+@dataclass
+class TaskSpec:  # table2: one planning task (slowfast_vgen.evaluation.planning)
+    task: str = MISSING
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    config: Optional[str] = None
+    weights: Optional[str] = None
+    loop_weights: Optional[str] = None
+    episodes: Optional[int] = None
+    seed: Optional[int] = None
+    idm_episodes: Optional[int] = None
+    idm_steps: Optional[int] = None
+    idm_lr: Optional[float] = None
+    idm_seed: Optional[int] = None
+
+
+@dataclass
+class BenchmarkSpec:
+    episodes: Optional[int] = None  # world: 4; shards: all
+    seed: Optional[int] = None  # world: the first episode's seed (10000)
+    chunks_out: Optional[int] = None
+    world: dict[str, Any] = field(default_factory=dict)
+    shards: Optional[str] = None  # recorded episodes with poses instead of the built-in world
+    pose_tolerance: Optional[float] = None
+    resolution: Optional[Any] = None
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+@dataclass
+class SettingsSpec:
+    steps: Optional[int] = None  # sampler steps (paper: 20)
+    rank: Optional[int] = None  # Temp-LoRA (paper: 32, 1e-4)
+    lr: Optional[float] = None
+    fvd: Optional[bool] = None
+    condition_on: Optional[str] = None
+    expert_set_up: Optional[bool] = None
+    lrs: Optional[list[float]] = None  # table6_8
+    ranks: Optional[list[int]] = None
+    sweep: Optional[list[int]] = None  # table9
+
+
+@dataclass
+class EvalConfig:
+    table: str = MISSING
+    model: ModelSpec = field(default_factory=ModelSpec)
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    settings: SettingsSpec = field(default_factory=SettingsSpec)
+    out: str = MISSING
+
+
+def _without_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_none(v) for v in node]
+    return node
+
+
+def _config_error(path: str, err: Exception) -> UserInputError:
+    key = getattr(err, "full_key", None)
+    detail = str(getattr(err, "msg", None) or err).splitlines()[0]
+    if "not in" in detail and key:  # OmegaConf: Key 'colour' not in 'EvalConfig'
+        fields = getattr(getattr(err, "object_type", None), "__dataclass_fields__", None)
+        expected = f"; expected one of {sorted(fields)}" if fields else ""
+        return UserInputError(f'evaluation config {path!r}: key "{key}" is not expected{expected}')
+    return UserInputError(f'evaluation config {path!r}: key "{key}": {detail}' if key else f"evaluation config {path!r}: {detail}")
 
 
 def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
     if not Path(path).is_file():
         raise UserInputError(f"evaluation config {path!r} not found")
-    cfg = OmegaConf.load(path)
+    schema = OmegaConf.structured(EvalConfig)
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.load(path))
+    except OmegaConfBaseException as err:
+        raise _config_error(path, err) from None
+    except yaml.YAMLError as err:
+        raise UserInputError(f"evaluation config {path!r} is not valid YAML: {' '.join(str(err).split())[:200]}") from None
     for item in overrides:  # key=value; keys may index lists (benchmark.tasks.0.episodes=2)
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -48,18 +130,18 @@ def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
             OmegaConf.update(cfg, key, yaml.safe_load(value) if value else value, merge=True)
         except Exception as err:  # noqa: BLE001 - OmegaConf raises several types for a bad key path
             raise UserInputError(f"override {item!r}: {err}".splitlines()[0]) from None
-    cfg = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise UserInputError(f"evaluation config {path!r}: {missing} must be set")
+        cfg = _without_none(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as err:
+        raise _config_error(path, err) from None
     entries = [cfg.get("model") or {}] + [t for t in (cfg.get("benchmark") or {}).get("tasks") or [] if isinstance(t, dict)]
     for entry in entries:  # relative paths: from the working directory, else the repository root
         for key in ("config", "weights", "loop_weights"):
             if isinstance(entry.get(key), str):
                 entry[key] = repo_path(entry[key])
-    for key in cfg:
-        if key not in SCHEMA:
-            raise UserInputError(f'evaluation config key "{key}" is not expected; expected one of {sorted(SCHEMA)}')
-    for key, kind in SCHEMA.items():
-        if key not in cfg or not isinstance(cfg[key], kind):
-            raise UserInputError(f'evaluation config key "{key}": expected a {kind.__name__}, got {cfg.get(key)!r}')
     if cfg["table"] not in TABLES:
         raise UserInputError(f'evaluation config key "table": {cfg["table"]!r}; expected one of {list(TABLES)}')
     return cfg
