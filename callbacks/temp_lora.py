@@ -14,47 +14,20 @@ from typing import Any
 import lightning as L
 
 from slowfast_vgen.errors import UserInputError
-from slowfast_vgen.lora import DEFAULT_TARGETS
 from slowfast_vgen.lora import TempLoRA as TempLoRALearner
+from slowfast_vgen.lora import TempLoRASettings
 
 
 class TempLoRA(L.Callback):
-    """Inference-time Temp-LoRA updates during ``trainer.predict`` (args as :class:`slowfast_vgen.lora.TempLoRA`).
+    """Inference-time Temp-LoRA updates during ``trainer.predict``. ``settings`` (a
+    :class:`slowfast_vgen.lora.TempLoRASettings`, e.g. ``{rank: 32, lr: 1e-4}`` in a YAML) and keyword ``options``
+    over it (``TempLoRA(rank=32, lr=1e-3)``): the learner's settings, declared once there.
 
     ``save_dir``: if set, each episode's memory is written to ``save_dir/episode_{index}.safetensors``.
     """
 
-    def __init__(
-        self,
-        rank: int = 32,
-        alpha: float | None = None,
-        target_modules: list[str] | str = list(DEFAULT_TARGETS),
-        lr: float = 1e-4,
-        steps_per_chunk: int = 1,
-        variant: str = "temp-lora",
-        explode_factor: float = 20.0,
-        seed: int = 0,
-        save_dir: str | None = None,
-        draws: int = 1,
-        replay: bool = False,
-        reverse: bool = False,
-        clean_context: int = 0,
-        timestep_range: list[int] | None = None,
-        loss_guard: float = 0.0,
-        text_condition: str = "none",
-        reverse_actions: dict[str, str] | None = None,
-        novelty_gate: float = 0.0,
-        lr_decay: float = 0.0,
-        update_frames: int = 0,
-        checkpointing: bool = False,
-    ) -> None:
-        targets = target_modules if isinstance(target_modules, str) else tuple(target_modules)  # str: a regex
-        self.kwargs = dict(rank=rank, alpha=alpha, target_modules=targets, lr=lr,
-                           steps_per_chunk=steps_per_chunk, variant=variant, explode_factor=explode_factor, seed=seed,
-                           draws=draws, replay=replay, reverse=reverse, clean_context=clean_context,
-                           timestep_range=timestep_range, loss_guard=loss_guard, text_condition=text_condition,
-                           reverse_actions=reverse_actions, novelty_gate=novelty_gate, lr_decay=lr_decay,
-                           update_frames=update_frames, checkpointing=checkpointing)
+    def __init__(self, settings: TempLoRASettings | None = None, save_dir: str | None = None, **options: Any) -> None:
+        self.settings = TempLoRASettings.build(settings, **options)  # checked now, not at predict time
         self.save_dir = save_dir
         self.learner: TempLoRALearner | None = None
 
@@ -64,7 +37,7 @@ class TempLoRA(L.Callback):
                 f"TempLoRA callback: {type(pl_module).__name__} has no `unet`, `diffusion` and `generator`; expected "
                 "a SlowLearningSystem-like module (the learner trains with the model's own diffusion)"
             )
-        self.learner = TempLoRALearner(pl_module.unet, pl_module.diffusion, **self.kwargs)
+        self.learner = TempLoRALearner(pl_module.unet, pl_module.diffusion, self.settings)
         pl_module.generator.temp_lora = self.learner
 
     def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,

@@ -248,3 +248,17 @@ def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_
     assert all(not torch.equal(x, y) for x, y in zip(a, initial))  # it learned: not a comparison of untouched weights
     with pytest.raises(UserInputError, match="update_frames must be >= 0"):
         learner(update_frames=-1)
+
+
+def test_one_settings_object_for_the_learner_the_callback_and_the_loop():
+    from slowfast_vgen.callbacks import TempLoRA as TempLoRACallback
+    from slowfast_vgen.lora import TempLoRASettings
+
+    with pytest.raises(UserInputError, match=r"\['colour'\] are not known"):
+        TempLoRACallback(colour="red")  # at construction, not when predict starts
+    with pytest.raises(UserInputError, match="lr_decay must be >= 0"):
+        TempLoRACallback({"rank": 4, "lr_decay": -1.0})  # a YAML mapping
+    callback = TempLoRACallback({"rank": 4}, lr=1e-3)  # options over settings
+    assert callback.settings == TempLoRASettings(rank=4, lr=1e-3)
+    learner = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), callback.settings, seed=3)
+    assert (learner.rank, learner.lr, learner.seed) == (4, 1e-3, 3) and learner.settings.rank == 4

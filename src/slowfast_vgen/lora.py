@@ -28,7 +28,7 @@ import logging
 import math
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,72 @@ class UpdateRecord:
     loss_after: float = math.nan  # the same batch after the update (only measured with ``loss_guard``)
     skipped: bool = False  # ``novelty_gate``: Theta already explained the chunk, nothing was written
     memory_ratio: float = math.nan  # ``novelty_gate``: the chunk's own clip's loss with Theta / without
+
+
+@dataclass(frozen=True)
+class TempLoRASettings:
+    """Every setting of the fast learner, declared once: :class:`TempLoRA`, the Lightning callback
+    (:class:`slowfast_vgen.callbacks.TempLoRA`), the slow-fast loop's inner learner and the command-line options
+    (:func:`lora_options`) all build one. The fields are the arguments documented on :class:`TempLoRA`."""
+
+    rank: int = 32
+    alpha: float | None = None
+    target_modules: tuple[str, ...] | str = DEFAULT_TARGETS
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    steps_per_chunk: int = 1
+    variant: str = "temp-lora"
+    explode_factor: float = 20.0
+    seed: int = 0
+    draws: int = 1
+    replay: bool = False
+    reverse: bool = False
+    clean_context: int = 0
+    timestep_range: tuple[int, int] | None = None
+    loss_guard: float = 0.0
+    text_condition: str = "none"
+    reverse_actions: dict[str, str] | None = None
+    novelty_gate: float = 0.0
+    lr_decay: float = 0.0
+    update_frames: int = 0
+    checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise UserInputError(f"Temp-LoRA variant {self.variant!r}; expected one of {list(VARIANTS)}")
+        if self.rank < 1 or self.steps_per_chunk < 1 or not self.lr >= 0:  # lr 0: stores nothing (a control)
+            raise UserInputError(f"Temp-LoRA: need rank >= 1, steps_per_chunk >= 1, lr >= 0; got {self.rank}, "
+                                 f"{self.steps_per_chunk}, {self.lr}")
+        if self.draws < 1 or self.clean_context < 0 or self.loss_guard < 0:
+            raise UserInputError(f"Temp-LoRA: need draws >= 1, clean_context >= 0, loss_guard >= 0; got {self.draws}, "
+                                 f"{self.clean_context}, {self.loss_guard}")
+        if self.variant != "temp-lora" and (self.replay or self.reverse or self.clean_context):
+            raise UserInputError(f"Temp-LoRA: replay / reverse / clean_context are options of variant 'temp-lora', "
+                                 f"not of {self.variant!r}")
+        if self.text_condition not in TEXT_CONDITIONS:
+            raise UserInputError(f"Temp-LoRA text_condition {self.text_condition!r}; expected one of {list(TEXT_CONDITIONS)}")
+        if not self.lr_decay >= 0:
+            raise UserInputError(f"Temp-LoRA: lr_decay must be >= 0, got {self.lr_decay}")
+        if self.update_frames < 0:
+            raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {self.update_frames}")
+        if self.timestep_range is not None and len(self.timestep_range) != 2:
+            raise UserInputError(f"Temp-LoRA: timestep_range is [lo, hi), got {self.timestep_range}")
+
+    @classmethod
+    def build(cls, settings: TempLoRASettings | dict[str, Any] | None = None, **options: Any) -> TempLoRASettings:
+        """``settings`` (an object or a dict) with ``options`` over it; an unknown name is a one-line error."""
+        base = dict(settings) if isinstance(settings, dict) else ({} if settings is None else
+                                                               {f.name: getattr(settings, f.name) for f in fields(cls)})
+        merged = {**base, **options}
+        unknown = sorted(set(merged) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserInputError(f"Temp-LoRA settings {unknown} are not known; expected some of "
+                                 f"{sorted(f.name for f in fields(cls))}")
+        return cls(**merged)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class TempLoRA:
@@ -120,69 +186,32 @@ class TempLoRA:
         self,
         unet: nn.Module,
         diffusion: MaskedDiffusion,
-        rank: int = 32,
-        alpha: float | None = None,
-        target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        steps_per_chunk: int = 1,
-        variant: str = "temp-lora",
-        explode_factor: float = 20.0,
-        seed: int = 0,
-        draws: int = 1,
-        replay: bool = False,
-        reverse: bool = False,
-        clean_context: int = 0,
-        timestep_range: tuple[int, int] | list[int] | None = None,
-        loss_guard: float = 0.0,
-        text_condition: str = "none",
-        reverse_actions: dict[str, str] | None = None,
-        novelty_gate: float = 0.0,
-        lr_decay: float = 0.0,
-        update_frames: int = 0,
-        checkpointing: bool = False,
+        settings: TempLoRASettings | None = None,
+        **options: Any,
     ) -> None:
-        if variant not in VARIANTS:
-            raise UserInputError(f"Temp-LoRA variant {variant!r}; expected one of {list(VARIANTS)}")
-        if rank < 1 or steps_per_chunk < 1 or not lr >= 0:  # lr 0: a memory that stores nothing (a control)
-            raise UserInputError(
-                f"Temp-LoRA: need rank >= 1, steps_per_chunk >= 1, lr >= 0; got {rank}, {steps_per_chunk}, {lr}"
-            )
         if diffusion is None:
             raise UserInputError(
                 "Temp-LoRA: `diffusion` is required: pass the model's own MaskedDiffusion (its noise schedule and "
                 "prediction type), e.g. TempLoRA(system.unet, system.diffusion); a default would train epsilon "
                 "prediction on a model that may predict v or z_0"
             )
+        s = TempLoRASettings.build(settings, **options)  # every option is declared and checked there, once
+        self.settings = s
         self.unet, self.diffusion = unet, diffusion
-        self.rank, self.alpha = rank, float(alpha if alpha is not None else rank)
-        self.target_modules = target_modules if isinstance(target_modules, str) else list(target_modules)
-        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
-        self.steps_per_chunk, self.variant, self.explode_factor, self.seed = steps_per_chunk, variant, float(explode_factor), seed
+        self.rank, self.alpha = s.rank, float(s.alpha if s.alpha is not None else s.rank)
+        self.target_modules = s.target_modules if isinstance(s.target_modules, str) else list(s.target_modules)
+        self.lr, self.betas, self.weight_decay = s.lr, tuple(s.betas), s.weight_decay
+        self.steps_per_chunk, self.variant, self.explode_factor, self.seed = s.steps_per_chunk, s.variant, float(s.explode_factor), s.seed
         n_train = self.diffusion.num_train_timesteps
-        lo, hi = timestep_range if timestep_range is not None else (0, n_train)
-        if draws < 1 or clean_context < 0 or not 0 <= lo < hi <= n_train or loss_guard < 0:
-            raise UserInputError(
-                f"Temp-LoRA: need draws >= 1, clean_context >= 0, 0 <= timestep_range[0] < timestep_range[1] <= "
-                f"{n_train}, loss_guard >= 0; got {draws}, {clean_context}, {[lo, hi]}, {loss_guard}"
-            )
-        if variant != "temp-lora" and (replay or reverse or clean_context):
-            raise UserInputError(f"Temp-LoRA: replay / reverse / clean_context are options of variant 'temp-lora', "
-                                 f"not of {variant!r}")
-        if text_condition not in TEXT_CONDITIONS:
-            raise UserInputError(f"Temp-LoRA text_condition {text_condition!r}; expected one of {list(TEXT_CONDITIONS)}")
-        self.draws, self.replay, self.reverse, self.clean_context = draws, replay, reverse, clean_context
-        self.text_condition, self.reverse_actions = text_condition, dict(reverse_actions or {})
-        self.novelty_gate = float(novelty_gate)
-        self.lr_decay = float(lr_decay)
-        if update_frames < 0:
-            raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {update_frames}")
-        self.update_frames, self.checkpointing = int(update_frames), bool(checkpointing)
-        if not self.lr_decay >= 0:
-            raise UserInputError(f"Temp-LoRA: lr_decay must be >= 0, got {lr_decay}")
-        self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(loss_guard)
-        config = LoraConfig(r=rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
+        lo, hi = s.timestep_range if s.timestep_range is not None else (0, n_train)
+        if not 0 <= lo < hi <= n_train:
+            raise UserInputError(f"Temp-LoRA: need 0 <= timestep_range[0] < timestep_range[1] <= {n_train}, got {[lo, hi]}")
+        self.draws, self.replay, self.reverse, self.clean_context = s.draws, s.replay, s.reverse, s.clean_context
+        self.text_condition, self.reverse_actions = s.text_condition, dict(s.reverse_actions or {})
+        self.novelty_gate, self.lr_decay = float(s.novelty_gate), float(s.lr_decay)
+        self.update_frames, self.checkpointing = int(s.update_frames), bool(s.checkpointing)
+        self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(s.loss_guard)
+        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
         trainable = {n: p.requires_grad for n, p in unet.named_parameters()}
         try:  # parameters made inside inference mode (e.g. trainer.predict) could never train
             with torch.inference_mode(False):

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from slowfast_vgen.datamodules.slowfast_data import SlowDataset
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.io import atomic_path
-from slowfast_vgen.lora import ADAPTER, DEFAULT_TARGETS, TempLoRA
+from slowfast_vgen.lora import ADAPTER, DEFAULT_TARGETS, TempLoRA, TempLoRASettings
 from slowfast_vgen.systems.slow import SlowLearningSystem
 
 
@@ -67,8 +67,9 @@ class SlowFastLoopSystem(SlowLearningSystem):
             raise UserInputError(f"lora_options {clash}: set them with lora_rank / lora_lr / lora_steps_per_chunk / "
                                  "lora_targets instead")
         self.memory_dir = Path(memory_dir)
-        self.learner = TempLoRA(self.unet, self.diffusion, rank=lora_rank, lr=lora_lr,
-                                steps_per_chunk=lora_steps_per_chunk, target_modules=lora_targets, **options)
+        settings = TempLoRASettings.build(options, rank=lora_rank, lr=lora_lr, steps_per_chunk=lora_steps_per_chunk,
+                                          target_modules=lora_targets)
+        self.learner = TempLoRA(self.unet, self.diffusion, settings)
         self.theta_names = [n for n, _ in self.unet.named_parameters() if ".lora_" in n and ADAPTER in n]
         self._set_theta_trainable(False)
 
