@@ -83,3 +83,31 @@ def test_mixed_length_collate_drops_oldest_context_first():
     assert out["video"][:, 0, 0, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0] and out["n_context"] == 1
     out = crop_sample({"video": video, "n_context": 3, "seed": 0, "action": "x"}, length=7)
     assert out["video"][:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0] and out["n_context"] == 2
+
+
+def test_openclip_text_encoder_gives_per_token_states_and_loads_only_data(tmp_path):
+    """ModelScope's original text encoder via open_clip (random weights here: no download)."""
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.models import OpenCLIPTextEncoder
+
+    enc = OpenCLIPTextEncoder("ViT-S-32")
+    out = enc(["go left", ""])
+    assert out.shape == (2, 77, 384) and enc.embed_dim == 384 and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1]) and not any(p.requires_grad for p in enc.parameters())
+    last = OpenCLIPTextEncoder("ViT-S-32", layer="last")
+    assert len(last.transformer.resblocks[: last.layers]) == len(enc.transformer.resblocks[: enc.layers]) + 1
+    # weights from a file: the text tower's tensors are used; a file with code or without them is refused
+    state = {k: v.clone() + 0.01 for k, v in enc.state_dict().items() if k != "attn_mask"}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "clip.safetensors"))
+    loaded = OpenCLIPTextEncoder("ViT-S-32", weights=str(tmp_path / "clip.safetensors"))
+    assert torch.equal(loaded.token_embedding.weight, state["token_embedding.weight"])
+    torch.save({"token_embedding.weight": state["token_embedding.weight"]}, tmp_path / "partial.bin")
+    with pytest.raises(UserInputError, match="expected the state dict of an OpenCLIP"):
+        OpenCLIPTextEncoder("ViT-S-32", weights=str(tmp_path / "partial.bin"))
+    torch.save({"fn": print}, tmp_path / "code.bin")
+    with pytest.raises(UserInputError, match="not a state dict of tensors"):
+        OpenCLIPTextEncoder("ViT-S-32", weights=str(tmp_path / "code.bin"))

@@ -7,7 +7,7 @@ from slowfast_vgen.models.autoencoder import (
     check_video,
     load_vae,
 )
-from slowfast_vgen.models.text import CLIPTextEncoder, HashTextEncoder, TextEncoder
+from slowfast_vgen.models.text import CLIPTextEncoder, HashTextEncoder, OpenCLIPTextEncoder, TextEncoder
 from slowfast_vgen.models.unet import UNET_PRESETS, build_unet3d, load_unet3d, unet_output
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "DiffusersVAE",
     "FrameAutoencoder",
     "HashTextEncoder",
+    "OpenCLIPTextEncoder",
     "PixelShuffleAutoencoder",
     "TextEncoder",
     "UNET_PRESETS",

@@ -7,6 +7,8 @@ The paper uses ModelScope's frozen CLIP ViT-H/14 text tower (App. A.3.1). Implem
   embeddings that the UNet's cross-attention learns to read. Used by tiny presets and the built-in world.
 * :class:`CLIPTextEncoder`: transformers ``CLIPTextModel`` + ``CLIPTokenizer`` from a diffusers-format
   folder (``text_encoder/``, ``tokenizer/``) or a hub id, as in ModelScope T2V.
+* :class:`OpenCLIPTextEncoder`: an OpenCLIP text tower (``open_clip_torch``), the encoder of ModelScope T2V's
+  original, non-diffusers checkpoints (``open_clip_pytorch_model.bin``, ViT-H-14, penultimate layer).
 
 The empty string is the unconditional ("null") prompt of classifier-free guidance.
 """
@@ -85,3 +87,80 @@ class CLIPTextEncoder(TextEncoder):
         )
         device = next(self.model.parameters()).device
         return self.model(tokens.input_ids.to(device)).last_hidden_state  # (B, 77, D)
+
+
+class OpenCLIPTextEncoder(TextEncoder):
+    """An OpenCLIP text tower, per-token states: ModelScope T2V's original text encoder (its ``FrozenOpenCLIPEmbedder``:
+    ViT-H-14, the penultimate transformer layer, then the final layer norm).
+
+    ``weights``: a local file with the OpenCLIP model's state dict (``.safetensors``, or a ``.bin``/``.pt`` read with
+    ``torch.load(weights_only=True)``: data, never code); only the text tower's tensors are used. None: random
+    weights (tests). ``layer``: ``"penultimate"`` (ModelScope) or ``"last"``.
+    """
+
+    def __init__(self, model: str = "ViT-H-14", weights: str | None = None, layer: str = "penultimate") -> None:
+        super().__init__()
+        import logging
+
+        import open_clip
+
+        from slowfast_vgen.errors import UserInputError
+
+        if layer not in ("penultimate", "last"):
+            raise UserInputError(f"OpenCLIP text layer {layer!r}; expected 'penultimate' or 'last'")
+        if model not in open_clip.list_models():
+            raise UserInputError(f"OpenCLIP model {model!r} is not known to open_clip; e.g. 'ViT-H-14' (ModelScope)")
+        logging.getLogger().disabled, was = True, logging.getLogger().disabled  # its "no pretrained weights" warning
+        try:
+            clip = open_clip.create_model(model, pretrained=None, device="cpu")
+        finally:
+            logging.getLogger().disabled = was
+        if weights is not None:
+            state = _read_state_dict(weights, "OpenCLIP weights")
+            used = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")  # the text tower
+            text = {k: v for k, v in state.items() if k.startswith(used)}
+            missing = [k for k in clip.state_dict() if k.startswith(used) and k not in text]
+            if missing:
+                raise UserInputError(f"OpenCLIP weights {weights!r}: no {missing[:3]} ... for {model!r}; expected the "
+                                     f"state dict of an OpenCLIP {model}")
+            clip.load_state_dict(text, strict=False)
+        self.token_embedding, self.positional_embedding = clip.token_embedding, clip.positional_embedding
+        self.transformer, self.ln_final = clip.transformer, clip.ln_final
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.layers = len(self.transformer.resblocks) - (1 if layer == "penultimate" else 0)
+        self.embed_dim = int(self.token_embedding.embedding_dim)
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        device = self.token_embedding.weight.device
+        x = self.token_embedding(self.tokenizer(list(texts)).to(device)) + self.positional_embedding
+        if not getattr(self.transformer, "batch_first", True):
+            x = x.transpose(0, 1)
+        for block in self.transformer.resblocks[: self.layers]:
+            x = block(x, attn_mask=self.attn_mask)
+        if not getattr(self.transformer, "batch_first", True):
+            x = x.transpose(0, 1)
+        return self.ln_final(x)  # (B, 77, D)
+
+
+def _read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+    from pathlib import Path
+
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.io import read_safetensors
+
+    if str(path).endswith(".safetensors"):
+        return read_safetensors(path, what)[0]
+    if not Path(path).is_file():
+        raise UserInputError(f"{what} {str(path)!r} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # data only, never code
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a file it cannot read as data
+        raise UserInputError(f"{what} {str(path)!r}: not a state dict of tensors "
+                             f"({' '.join(str(err).split())[:160]})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserInputError(f"{what} {str(path)!r} holds a {type(state).__name__}; expected a state dict")
+    return state
