@@ -17,11 +17,11 @@ length drawn in ``[min_frames, max_frames]`` (paper App. C.1: mixed lengths insi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed  # noqa: F401 (the datamodules' seeds)
@@ -83,10 +83,10 @@ def stack_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` (shuffled per epoch from ``seed``) that can start an epoch part-way through.
+    """A ``DistributedSampler`` (shuffled per epoch from ``seed``) that works without a process group too.
 
-    Being a ``DistributedSampler``, Lightning leaves it in place under DDP instead of wrapping it; the
-    rank split is the usual one, so each sample of an epoch is seen once across ranks.
+    Being a ``DistributedSampler``, Lightning leaves it in place under DDP instead of wrapping it and calls its
+    ``set_epoch``; the rank split is the usual one, so each sample of an epoch is seen once across ranks.
     """
 
     def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0) -> None:
@@ -98,34 +98,21 @@ class ResumableSampler(DistributedSampler):
             shuffle=shuffle,
             seed=seed,
         )
-        self.start = 0  # samples of this rank to skip at the start of the current epoch (set on resume)
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())[self.start :]
-        self.start = 0
-        return iter(indices)
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position in the epoch is saved in Lightning checkpoints (exact resume).
-
-    Lightning saves ``state_dict()`` of stateful loaders with the fit loop and calls ``load_state_dict``
-    when it resumes; the next epoch iteration then skips the batches that were already trained on.
-    """
+class ResumableDataLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader`` over a :class:`ResumableSampler`: its position in the epoch is saved in
+    Lightning checkpoints (Lightning checkpoints stateful loaders natively) and restored on resume, where the
+    next iteration fast-forwards the sampler past the batches already trained on, without loading them, in the
+    main process or in workers (exact resume; tests/test_slow_training.py)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=batch_size, sampler=ResumableSampler(dataset, shuffle, seed), **kwargs)
-        self._batches = 0
 
-    def __iter__(self) -> Iterator[Any]:
-        self._batches = self.sampler.start // self.batch_size
-        for batch in super().__iter__():
-            self._batches += 1
-            yield batch
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sampler_epoch": int(self.sampler.epoch)}  # outside Lightning too
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.start = state["batches"] * self.batch_size
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.sampler.set_epoch(int(state.pop("sampler_epoch", self.sampler.epoch)))
+        super().load_state_dict(state)

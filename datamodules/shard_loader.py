@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from slowfast_vgen.datamodules.common import stable_seed
 from slowfast_vgen.datamodules.shard_dataset import ShardCollate
@@ -51,7 +52,6 @@ class ShardSampler(DistributedSampler):
         if sum(shard_sizes) != len(dataset):
             raise ValueError(f"shard sizes sum to {sum(shard_sizes)}, dataset has {len(dataset)} items")
         self.shard_sizes, self.batch_size, self.shuffle_buffer = list(shard_sizes), batch_size, shuffle_buffer
-        self.start = 0  # slots of this rank to skip at the start of the current epoch (set on resume)
 
     @property
     def num_batches(self) -> int:
@@ -95,9 +95,7 @@ class ShardSampler(DistributedSampler):
         return slots
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        slots = self.rank_slots()[self.start :]
-        self.start = 0
-        return iter([(self.epoch, i) for i in slots])
+        return iter([(self.epoch, i) for i in self.rank_slots()])
 
 
 class EpochReport:
@@ -126,8 +124,10 @@ class EpochReport:
                 + (f"; {len(self.filled)} all-bad batches refilled" if self.filled else ""))
 
 
-class ShardDataLoader(DataLoader):
-    """DataLoader over a shard dataset with :class:`ShardSampler`; exact resume like ``ResumableDataLoader``."""
+class ShardDataLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader`` over a shard dataset with :class:`ShardSampler`: exact mid-epoch resume as
+    ``ResumableDataLoader`` (the sampler is fast-forwarded past the batches already trained on), plus the report
+    of bad samples and the refill of all-bad batches."""
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, shuffle_buffer: int = 1000,
                  collate_fn: Any = None, **kwargs: Any) -> None:
@@ -135,11 +135,12 @@ class ShardDataLoader(DataLoader):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn or ShardCollate(),
                          **kwargs)
         self._batches = 0
+        self._resumed_batches = 0  # batches of this epoch already trained on, from a checkpoint
         self.report: EpochReport | None = None
 
     def __iter__(self) -> Iterator[Any]:
         epoch = int(self.sampler.epoch)
-        self._batches = self.sampler.start // self.batch_size
+        self._batches, self._resumed_batches = self._resumed_batches, 0
         report = self.report = EpochReport(epoch, int(self.sampler.rank))
         for batch in super().__iter__():
             self._batches += 1
@@ -176,9 +177,12 @@ class ShardDataLoader(DataLoader):
             return batch
         raise UserInputError(f"no readable sample in the shard set: {report.summary()}")
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._batches)}
+    def state_dict(self) -> dict[str, Any]:
+        # the epoch (outside Lightning nobody else restores it) and the batch count (the refill's seeds need it)
+        return {**super().state_dict(), "sampler_epoch": int(self.sampler.epoch), "sfvgen_batches": int(self._batches)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.start = state["batches"] * self.batch_size
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.sampler.set_epoch(int(state.pop("sampler_epoch", self.sampler.epoch)))
+        self._resumed_batches = int(state.pop("sfvgen_batches", 0))
+        super().load_state_dict(state)
