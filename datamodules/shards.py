@@ -11,7 +11,10 @@ Tars are plain POSIX (webdataset-compatible: members grouped by key). Shards are
 name (``.tar.tmp``) and renamed once complete; the manifest is replaced atomically after every shard, so an
 interrupted writer leaves a valid, resumable partial set (``"complete": false``).
 
-Readers find a sample by the byte offsets in the manifest and check its crc32; when the bytes at the
+Shards are written by webdataset's ``TarWriter`` (deterministic headers: the same samples give the same bytes).
+Readers find a sample by the byte offsets in the manifest and check its crc32 (random access, which the
+webdataset library has only through ``wids`` and its own index and download cache; this format's index is the
+manifest); when the bytes at the
 recorded offsets do not match (a member was removed, the tar was rewritten) they rescan the tar's headers
 before declaring the sample bad. Nothing here unpickles: metadata is JSON, arrays are ``.npy``.
 """
@@ -29,6 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import webdataset as wds
 
 from slowfast_vgen.errors import UserInputError
 
@@ -190,22 +195,25 @@ class ShardWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.max_samples, self.index = max_bytes, max_samples, first_index
         self.on_shard, self.prefix = on_shard, prefix
-        self._tar: tarfile.TarFile | None = None
+        self._tar: wds.TarWriter | None = None
         self._file: _HashingFile | None = None
         self._samples: list[dict[str, Any]] = []
+        self._offset = 0  # bytes of the shard in progress (the tar stream is buffered: its file cannot tell)
 
     def _open(self) -> None:
         self.name = f"{self.prefix}-{self.index:06d}.tar"
         self._file = _HashingFile(self.root / (self.name + ".tmp"))
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        self._samples = []
+        # webdataset's writer, with deterministic headers: identical samples give identical bytes
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="", group="", mode=0o644,
+                                  format=tarfile.USTAR_FORMAT)
+        self._samples, self._offset = [], 0
 
     def write(self, key: str, members: dict[str, bytes], summary: dict[str, Any]) -> None:
         """Append one sample; ``members`` maps extensions (``json``, ``mp4``, ...) to bytes."""
         check_key(key)
         size = sum(512 + -(-len(b) // 512) * 512 for b in members.values())
         if self._tar is not None and self._samples and (
-            self._tar.offset + size > self.max_bytes
+            self._offset + size > self.max_bytes
             or (self.max_samples is not None and len(self._samples) >= self.max_samples)
         ):
             self.close()
@@ -214,11 +222,10 @@ class ShardWriter:
         assert self._tar is not None
         offsets = {}
         for ext in sorted(members, key=lambda e: (e != "json", e)):  # json first, as webdataset readers like
-            data = members[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
-            self._tar.addfile(info, io.BytesIO(data))
-            offsets[ext] = [self._tar.offset - -(-len(data) // 512) * 512, len(data)]
+            data = members[ext]  # one USTAR header block (names are short: check_key), then the data, padded
+            offsets[ext] = [self._offset + 512, len(data)]
+            self._offset += 512 + -(-len(data) // 512) * 512
+            self._tar.write({"__key__": key, ext: data})  # one member at a time: TarWriter would sort them
         self._samples.append({**summary, "key": key, "members": offsets, "crc32": sample_crc(members)})
 
     def close(self) -> None:
