@@ -1,5 +1,9 @@
 """The LightningDataModule that trains from shard sets, on one process or many (DDP), exactly once per epoch.
 
+Shard locations that are URLs (``http(s)://...``, ``pipe:...``) stream through the webdataset pipeline
+(:mod:`slowfast_vgen.datamodules.shard_stream`); local folders use the indexed reader, which keeps the guarantees
+of docs/data-format.md (exactly once across ranks and workers, exact mid-epoch resume).
+
 See :mod:`slowfast_vgen.datamodules.shard_loader` for how clips are split across ranks and workers and how bad
 samples are reported, and :mod:`slowfast_vgen.datamodules.shard_dataset` for how clips are cut from episodes.
 """
@@ -11,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from slowfast_vgen.datamodules.common import MixedLengthCollate
 from slowfast_vgen.datamodules.shard_dataset import (
@@ -20,6 +24,7 @@ from slowfast_vgen.datamodules.shard_dataset import (
     ShardEpisodeDataset,
 )
 from slowfast_vgen.datamodules.shard_loader import EpochReport, ShardDataLoader, ShardSampler
+from slowfast_vgen.datamodules.shard_stream import StreamingShardClipDataset, is_url
 from slowfast_vgen.datamodules.shardset import FIRST_FRAME_ONLY_DOMAINS
 from slowfast_vgen.errors import UserInputError
 
@@ -98,9 +103,25 @@ class ShardDataModule(L.LightningDataModule):
                 cache_latents(root, self.hparams.latent_cache, self.autoencoder, self.hparams.resolution,
                               self.hparams.latent_dtype)
 
+    def _streaming(self, split: str) -> bool:
+        locations = self.hparams.train_shards if split == "train" else self.hparams.val_shards
+        locations = [locations] if isinstance(locations, str) else list(locations or [])
+        if any(is_url(x) for x in locations):
+            if self.hparams.latent_cache:
+                raise UserInputError("latent_cache works on local shard folders; streamed shards (URLs) decode video")
+            return True
+        return False
+
     def _dataset(self, split: str) -> ShardClipDataset:
         h = self.hparams
         decode = h.decode_video if h.decode_video is not None else not h.latent_cache
+        if self._streaming(split):  # URLs: the webdataset pipeline (docs/data-format.md: what holds in this mode)
+            locations = h.train_shards if split == "train" else h.val_shards
+            return StreamingShardClipDataset(locations, frames=h.frames, min_context=h.min_context,
+                                             max_context=h.max_context, resolution=h.resolution,
+                                             seed=h.seed if split == "train" else h.seed + 1_000_003,
+                                             shuffle=split == "train", shuffle_buffer=h.shuffle_buffer,
+                                             first_frame_only_domains=h.first_frame_only_domains, decode_video=decode)
         ds = ShardClipDataset(self._split_roots(split), frames=h.frames, min_context=h.min_context,
                               max_context=h.max_context, resolution=h.resolution,
                               seed=h.seed if split == "train" else h.seed + 1_000_003,
@@ -117,6 +138,9 @@ class ShardDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int | None = None,
                 collate: Any = None) -> ShardDataLoader:
         h = self.hparams
+        if isinstance(dataset, StreamingShardClipDataset):
+            return StreamingShardLoader(dataset, batch_size=batch_size or h.batch_size, collate_fn=collate or self.collate,
+                                        num_workers=h.num_workers)
         return ShardDataLoader(dataset, batch_size=batch_size or h.batch_size, shuffle=shuffle, seed=h.seed,
                                shuffle_buffer=h.shuffle_buffer, collate_fn=collate or self.collate,
                                num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
@@ -145,8 +169,29 @@ class ShardDataModule(L.LightningDataModule):
     @property
     def bad_samples(self) -> dict[str, list[Any]]:
         """``{key: [reason, clips]}`` of the last (or current) training epoch on this rank."""
+        if isinstance(self._train_loader, StreamingShardLoader):  # seen by this process (all of them: 0 workers)
+            return {k: [reason, None] for k, reason in self._train_loader.dataset.bad.items()}
         report = self._train_loader.report if self._train_loader is not None else None
         return dict(report.bad) if report is not None else {}
+
+
+class StreamingShardLoader(DataLoader):
+    """A DataLoader over a :class:`StreamingShardClipDataset`: each iteration is the next epoch (a new shard order
+    and shuffle), set in the main process before the workers start. Batches drop bad samples as the indexed
+    loader's do (``ShardCollate``). Not resumable mid-epoch: a resumed run starts its epoch again."""
+
+    def __init__(self, dataset: StreamingShardClipDataset, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._epoch = 0
+
+    def __iter__(self) -> Any:
+        self.dataset.set_epoch(self._epoch)
+        self._epoch += 1
+        for batch in super().__iter__():
+            batch.pop("bad_samples", None)  # counted by the dataset
+            if batch.pop("__empty__", False):
+                continue
+            yield batch
 
 
 def probe(dataset: ShardClipDataset, samples: int = 8) -> None:

@@ -54,19 +54,32 @@ class _ShardSets:
         shard_index, entry = self.samples[sample_index]
         root_index, shard = self.shards[shard_index]
         members = self._readers[root_index].read(shard, entry)
-        try:
-            meta = json.loads(members["json"])
-        except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
-            raise BadSample(entry["key"], "bad metadata: member missing or not JSON") from None
-        problem = meta_problem(meta)
-        if problem:
-            raise BadSample(entry["key"], f"bad metadata: {problem}")
-        if meta["frames"] != entry["frames"] or [s[:2] for s in meta["actions"]] != entry["spans"]:
-            raise BadSample(entry["key"], "bad metadata: does not match the manifest")
-        return entry, members, meta
+        return entry, members, checked_meta(entry, members)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_readers": None}
+
+
+def checked_meta(entry: dict[str, Any], members: dict[str, bytes]) -> dict[str, Any]:
+    """A sample's parsed metadata, checked against its manifest entry; raises BadSample."""
+    try:
+        meta = json.loads(members["json"])
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        raise BadSample(entry["key"], "bad metadata: member missing or not JSON") from None
+    problem = meta_problem(meta)
+    if problem:
+        raise BadSample(entry["key"], f"bad metadata: {problem}")
+    if meta["frames"] != entry["frames"] or [s[:2] for s in meta["actions"]] != entry["spans"]:
+        raise BadSample(entry["key"], "bad metadata: does not match the manifest")
+    return meta
+
+
+def clip_starts(entry: dict[str, Any], frames: int, max_context: int, ffo_domains: tuple[str, ...]) -> list[tuple[int, int, int]]:
+    """The clips of one sample (manifest entry): ``(g0, span end, span index)`` per clip (module docstring)."""
+    ffo = entry.get("first_frame_only") or entry.get("domain") in ffo_domains
+    tile = frames - (1 if ffo else max_context)
+    first = max(entry["overlap"], 1)  # frames before the overlap belong to the previous segment's clips
+    return [(g0, b, j) for j, (a, b) in enumerate(entry["spans"]) for g0 in range(max(a, first), b, tile)]
 
 
 def frames_to_tensor(frames: np.ndarray, resolution: tuple[int, int] | int | None) -> torch.Tensor:
@@ -82,62 +95,24 @@ def _video_member(meta: dict[str, Any], members: dict[str, bytes]) -> str | None
     return name if name in members else None
 
 
-class ShardClipDataset(Dataset):
-    """Chunk pairs <f_p context frames, action, f_g generated frames> cut from shard segments."""
+class ClipCutter:
+    """Cuts clips out of a read sample (its manifest entry, members and checked metadata): the settings and the
+    rules of the module docstring, shared by the indexed :class:`ShardClipDataset` and the streaming
+    :class:`slowfast_vgen.datamodules.shard_stream.StreamingShardClipDataset`."""
 
-    def __init__(
-        self,
-        roots: str | Path | list[str | Path],
-        frames: int = 16,
-        min_context: int = 1,
-        max_context: int = 4,
-        resolution: Any = None,
-        seed: int = 0,
-        first_frame_only_domains: tuple[str, ...] | list[str] = FIRST_FRAME_ONLY_DOMAINS,
-        decode_video: bool = True,
-    ) -> None:
+    def __init__(self, frames: int = 16, min_context: int = 1, max_context: int = 4, resolution: Any = None,
+                 seed: int = 0, first_frame_only_domains: tuple[str, ...] | list[str] = FIRST_FRAME_ONLY_DOMAINS,
+                 decode_video: bool = True) -> None:
         if not 1 <= min_context <= max_context < frames:
             raise UserInputError(
                 f"need 1 <= min_context ({min_context}) <= max_context ({max_context}) < frames ({frames})")
-        self.sets = _ShardSets(roots)
         self.frames, self.min_context, self.max_context = frames, min_context, max_context
         self.resolution, self.seed, self.decode_video = parse_size(resolution), seed, decode_video
         self.ffo_domains = tuple(first_frame_only_domains)
-        items, per_shard = [], [0] * len(self.sets.shards)
-        for s, (shard_index, entry) in enumerate(self.sets.samples):
-            ffo = entry.get("first_frame_only") or entry.get("domain") in self.ffo_domains
-            tile = frames - (1 if ffo else max_context)
-            first = max(entry["overlap"], 1)  # frames before the overlap belong to the previous segment's clips
-            for j, (a, b) in enumerate(entry["spans"]):
-                for g0 in range(max(a, first), b, tile):
-                    items.append((s, g0, b, j))
-                    per_shard[shard_index] += 1
-        self.items = np.array(items, dtype=np.int64).reshape(-1, 4)  # (N, 4): sample, g0, span end, span index
-        self.shard_sizes = per_shard  # items of shard k are contiguous in self.items
-        if not len(self.items):
-            raise UserInputError(f"shard set(s) {[str(r) for r in self.sets.roots]} hold no action spans to train on")
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def key(self, i: int) -> str:
-        return self.sets.samples[int(self.items[i, 0])][1]["key"]
-
-    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, i = index if isinstance(index, tuple) else (0, index)
-        if i < 0:
-            return {"__pad__": True}
-        try:
-            return self.load(i, epoch)
-        except BadSample as err:
-            return {"__bad__": err.key, "reason": err.reason}
-        except Exception as err:  # noqa: BLE001 - an undecodable video must not stop training
-            return {"__bad__": self.key(i), "reason": f"undecodable: {type(err).__name__}: {err}"[:200]}
-
-    def load(self, i: int, epoch: int = 0) -> dict[str, Any]:
-        """Clip ``i`` for ``epoch`` (raises BadSample)."""
-        s, g0, end, j = (int(v) for v in self.items[i])
-        entry, members, meta = self.sets.read(s)
+    def clip(self, entry: dict[str, Any], members: dict[str, bytes], meta: dict[str, Any], g0: int, end: int, j: int,
+             epoch: int = 0, i: int = -1) -> dict[str, Any]:
+        """The clip generating from frame ``g0`` of span ``j`` (ending at ``end``) of a read sample (raises BadSample)."""
         key = entry["key"]
         ffo = bool(meta.get("first_frame_only")) or meta["domain"] in self.ffo_domains
         if ffo:
@@ -173,6 +148,56 @@ class ShardClipDataset(Dataset):
             sample["video"] = torch.zeros(w1 - w0, 3, 0, 0)  # latents only: an empty pixel placeholder
         return sample
 
+
+class ShardClipDataset(Dataset, ClipCutter):
+    """Chunk pairs <f_p context frames, action, f_g generated frames> cut from shard segments."""
+
+    def __init__(
+        self,
+        roots: str | Path | list[str | Path],
+        frames: int = 16,
+        min_context: int = 1,
+        max_context: int = 4,
+        resolution: Any = None,
+        seed: int = 0,
+        first_frame_only_domains: tuple[str, ...] | list[str] = FIRST_FRAME_ONLY_DOMAINS,
+        decode_video: bool = True,
+    ) -> None:
+        ClipCutter.__init__(self, frames, min_context, max_context, resolution, seed, first_frame_only_domains,
+                            decode_video)
+        self.sets = _ShardSets(roots)
+        items, per_shard = [], [0] * len(self.sets.shards)
+        for s, (shard_index, entry) in enumerate(self.sets.samples):
+            for g0, b, j in clip_starts(entry, frames, max_context, self.ffo_domains):
+                items.append((s, g0, b, j))
+                per_shard[shard_index] += 1
+        self.items = np.array(items, dtype=np.int64).reshape(-1, 4)  # (N, 4): sample, g0, span end, span index
+        self.shard_sizes = per_shard  # items of shard k are contiguous in self.items
+        if not len(self.items):
+            raise UserInputError(f"shard set(s) {[str(r) for r in self.sets.roots]} hold no action spans to train on")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def key(self, i: int) -> str:
+        return self.sets.samples[int(self.items[i, 0])][1]["key"]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = index if isinstance(index, tuple) else (0, index)
+        if i < 0:
+            return {"__pad__": True}
+        try:
+            return self.load(i, epoch)
+        except BadSample as err:
+            return {"__bad__": err.key, "reason": err.reason}
+        except Exception as err:  # noqa: BLE001 - an undecodable video must not stop training
+            return {"__bad__": self.key(i), "reason": f"undecodable: {type(err).__name__}: {err}"[:200]}
+
+    def load(self, i: int, epoch: int = 0) -> dict[str, Any]:
+        """Clip ``i`` for ``epoch`` (raises BadSample)."""
+        s, g0, end, j = (int(v) for v in self.items[i])
+        entry, members, meta = self.sets.read(s)
+        return self.clip(entry, members, meta, g0, end, j, epoch, i)
 
 class ShardCollate:
     """Drop bad/padding samples, batch the rest with ``inner``; bad ones travel in ``batch["bad_samples"]``."""
