@@ -7,7 +7,7 @@ import pytest
 from testutils import REPO
 
 CODE = ("src", "datamodules", "callbacks")
-EXTERNAL = {"DistributedSampler"}  # torch.utils.data
+EXTERNAL = {"DistributedSampler", "StatefulDataLoader", "SimpleShardList", "TarWriter"}  # torch, torchdata, webdataset
 
 
 def defined_names() -> set[str]:
