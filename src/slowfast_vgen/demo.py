@@ -53,7 +53,7 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.lora import lora_kwargs, lora_options
+    from slowfast_vgen.lora import DEFAULT_TARGETS, lora_kwargs, lora_options
 
     parser = ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance} if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
-        "temp_lora": {**lora, "variant": "temp-lora", "targets": "to_q,to_k,to_v,to_out.0"}, "world": world,
+        "temp_lora": {"variant": "temp-lora", "target_modules": ",".join(DEFAULT_TARGETS), **lora}, "world": world,
         "src_protocol": src.protocol(), "seconds": None,
     }
     settings["seconds"] = round(time.perf_counter() - start, 1)
