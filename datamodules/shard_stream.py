@@ -13,7 +13,6 @@ unpickled: members are JSON, video and ``.npy``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +21,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from slowfast_vgen.datamodules.shard_dataset import ClipCutter, checked_meta, clip_starts
-from slowfast_vgen.datamodules.shards import FORMAT, MANIFEST, VERSION, BadSample, sample_crc
+from slowfast_vgen.datamodules.shards import MANIFEST, BadSample, load_manifest, parse_manifest, sample_crc
 from slowfast_vgen.datamodules.shardset import FIRST_FRAME_ONLY_DOMAINS
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed
@@ -40,14 +39,10 @@ def read_remote_manifest(base: str) -> dict[str, Any]:
     url = f"{base.rstrip('/')}/{MANIFEST}"
     try:
         with wds.gopen(url, "rb") as stream:
-            manifest = json.loads(stream.read())
-    except (OSError, ValueError) as err:  # gopen raises OSError/IOError for a failed fetch, ValueError for bad JSON
+            data = stream.read()
+    except (OSError, ValueError) as err:  # gopen raises OSError/IOError for a failed fetch
         raise UserInputError(f"shard set {base!r}: cannot read {url} ({' '.join(str(err).split())[:160]})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise UserInputError(f"{url}: not a shard-set manifest (format {FORMAT!r}, version {VERSION})")
-    if not manifest.get("complete"):
-        raise UserInputError(f"shard set {base!r} is incomplete (its writer was stopped)")
-    return manifest
+    return parse_manifest(data, url, base)
 
 
 class StreamingShardClipDataset(IterableDataset, ClipCutter):
@@ -66,7 +61,7 @@ class StreamingShardClipDataset(IterableDataset, ClipCutter):
         self.urls: list[str] = []
         self.entries: dict[str, dict[str, Any]] = {}  # key -> manifest sample entry
         for base in bases:
-            manifest = read_remote_manifest(base) if is_url(base) else _local_manifest(base)
+            manifest = read_remote_manifest(base) if is_url(base) else load_manifest(base)
             for shard in manifest["shards"]:
                 self.urls.append(f"{base.rstrip('/')}/{shard['name']}")
                 self.entries.update({s["key"]: s for s in shard["samples"]})
@@ -115,8 +110,3 @@ class StreamingShardClipDataset(IterableDataset, ClipCutter):
             stages.append(wds.shuffle(self.shuffle_buffer, seed=stable_seed("stream-clips", self.seed, self.epoch)))
         return iter(wds.DataPipeline(*stages))
 
-
-def _local_manifest(base: str) -> dict[str, Any]:
-    from slowfast_vgen.datamodules.shards import load_manifest
-
-    return load_manifest(base)

@@ -134,15 +134,20 @@ def load_manifest(root: str | Path, require_complete: bool = True) -> dict[str, 
         raise UserInputError(f"shard directory {root} does not exist")
     if not path.is_file():
         raise UserInputError(f"{path} not found; expected a shard set written by `sfvgen data build` or `record`")
+    return parse_manifest(path.read_bytes(), str(path), str(root), require_complete)
+
+
+def parse_manifest(data: bytes, where: str, root: str, require_complete: bool = True) -> dict[str, Any]:
+    """A manifest's bytes (from a file or a URL) as a checked dict; ``where``/``root`` name them in errors."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserInputError(f"{path} is not valid JSON: {err}") from None
+        raise UserInputError(f"{where} is not valid JSON: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserInputError(f"{path}: format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+        raise UserInputError(f"{where}: format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
                              f"expected {FORMAT!r}")
     if manifest.get("version") != VERSION:
-        raise UserInputError(f"{path}: version {manifest.get('version')!r} is not supported (expected {VERSION})")
+        raise UserInputError(f"{where}: version {manifest.get('version')!r} is not supported (expected {VERSION})")
     if require_complete and not manifest.get("complete"):
         raise UserInputError(f"shard set {root} is incomplete (its writer was stopped); run the same "
                              "`sfvgen data build`/`record` command again to resume it")

@@ -128,14 +128,11 @@ class TempLoRASettings:
         base = dict(settings) if isinstance(settings, dict) else ({} if settings is None else
                                                                {f.name: getattr(settings, f.name) for f in fields(cls)})
         merged = {**base, **options}
-        unknown = sorted(set(merged) - {f.name for f in fields(cls)})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(merged) - known)
         if unknown:
-            raise UserInputError(f"Temp-LoRA settings {unknown} are not known; expected some of "
-                                 f"{sorted(f.name for f in fields(cls))}")
+            raise UserInputError(f"Temp-LoRA settings {unknown} are not known; expected some of {sorted(known)}")
         return cls(**merged)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class TempLoRA:

@@ -116,7 +116,7 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
     settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE, **(options or {})}
     learner = TempLoRA(unet, diffusion, **settings)
     described = {"update_steps": settings["steps_per_chunk"], "update_draws": settings.get("draws", 1),
-                 "options": {k: v for k, v in (options or {}).items()}}
+                 "options": dict(options or {})}
 
     def update():
         learner.update(context, new, null, text, back)
