@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -62,7 +63,10 @@ def main() -> None:
         out["late_wrap_error"] = None
     except UserInputError as err:
         out["late_wrap_error"] = str(err)
-    print("RESULT " + json.dumps(out), flush=True)
+    # One file per rank: the two ranks' stdout lines can interleave into one line (seen on CI).
+    target = Path(sys.argv[1]) / f"rank{rank}.json"
+    target.with_suffix(".tmp").write_text(json.dumps(out))
+    target.with_suffix(".tmp").replace(target)
     dist.destroy_process_group()
 
 
