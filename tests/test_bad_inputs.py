@@ -44,6 +44,7 @@ CASES = {  # id -> (argv, text the error line must contain)
     "fit --ckpt_path torn": (["fit", "-c", TINY, "--ckpt_path", "torn.ckpt"], "torn.ckpt"),
     "fit --ckpt_path malicious": (["fit", "-c", TINY, "--ckpt_path", "evil.ckpt"], "refused"),
     "fit --ckpt_path missing": (["fit", "-c", TINY, "--ckpt_path", "nowhere.ckpt"], "nowhere.ckpt"),
+    "fit --ckpt_path last, none saved": (["fit", "-c", TINY, "--ckpt_path", "last"], "no last.ckpt"),
     "generate --memory-in random bytes": (["generate", "--actions", "actions.txt", "--memory-in", "random.bin",
                                            "--out", "g"], "random.bin"),
     "generate --steps 0": (["generate", "--actions", "actions.txt", "--steps", "0"], "'0'"),
@@ -65,12 +66,17 @@ def sfvgen(argv, cwd, debug=False):
 
 @pytest.fixture(scope="module")
 def outcomes(files):
-    """Every case run once, two processes at a time (each start imports torch: seconds of CPU)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Every case through ``slowfast_vgen.cli.main`` in one child process (tests/cli_driver.py): one import of torch
+    and Lightning instead of one per case. test_debug_shows_the_traceback_behind_the_line runs the real command."""
+    import json
+    from types import SimpleNamespace
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {case: pool.submit(sfvgen, argv, files) for case, (argv, _) in CASES.items()}
-        return {case: f.result() for case, f in futures.items()}
+    (files / "cases.json").write_text(json.dumps({case: argv for case, (argv, _) in CASES.items()}))
+    env = {k: v for k, v in os.environ.items() if k != "SFVGEN_DEBUG"}
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "cli_driver.py"), "cases.json", "results.json"],
+                         cwd=files, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {case: SimpleNamespace(**r) for case, r in json.loads((files / "results.json").read_text()).items()}
 
 
 @pytest.mark.slow
