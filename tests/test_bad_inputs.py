@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from testutils import REPO
+from testutils import REPO, sfvgen_in_one_process
 
 TINY = str(REPO / "experiments" / "slow_tiny.yaml")
 
@@ -66,17 +66,9 @@ def sfvgen(argv, cwd, debug=False):
 
 @pytest.fixture(scope="module")
 def outcomes(files):
-    """Every case through ``slowfast_vgen.cli.main`` in one child process (tests/cli_driver.py): one import of torch
-    and Lightning instead of one per case. test_debug_shows_the_traceback_behind_the_line runs the real command."""
-    import json
-    from types import SimpleNamespace
-
-    (files / "cases.json").write_text(json.dumps({case: argv for case, (argv, _) in CASES.items()}))
-    env = {k: v for k, v in os.environ.items() if k != "SFVGEN_DEBUG"}
-    run = subprocess.run([sys.executable, str(REPO / "tests" / "cli_driver.py"), "cases.json", "results.json"],
-                         cwd=files, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return {case: SimpleNamespace(**r) for case, r in json.loads((files / "results.json").read_text()).items()}
+    """Every case through ``slowfast_vgen.cli.main`` in one child process; the real command's exit path is
+    test_debug_shows_the_traceback_behind_the_line's."""
+    return sfvgen_in_one_process({case: argv for case, (argv, _) in CASES.items()}, files)
 
 
 @pytest.mark.slow

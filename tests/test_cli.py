@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from testutils import REPO
+from testutils import REPO, sfvgen_in_one_process
 
 SFVGEN = [sys.executable, "-m", "slowfast_vgen.cli"]
 TINY = REPO / "experiments" / "slow_tiny.yaml"
@@ -29,26 +29,36 @@ def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.strip() and not any(n in ln.lower() for n in noise)]
 
 
-@pytest.mark.parametrize(
-    "edit, expected",
-    [
-        (("    frames: 8", "    frames: 8\n    bogus_key: 1"), ['"data.init_args.bogus_key"', "expected one of", "view_size"]),
-        (("  max_steps: 200", "  max_steps: many"), ['"trainer.max_steps"', "int", "many"]),
-        (("    lr: 1.0e-3", "    lr: fast"), ["lr", "float", "fast"]),
-        (("preset: tiny", "preset: huge"), ["huge", "expected one of"]),
-        (("class_path: slowfast_vgen.models.HashTextEncoder", "class_path: slowfast_vgen.models.Nope"), ["Nope"]),
-    ],
-)
-def test_bad_yaml_gives_one_line_and_exit_code_2(tmp_path, edit, expected):
-    text = TINY.read_text()
-    assert edit[0] in text
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace(edit[0], edit[1], 1))
-    out = run(["fit", "-c", str(bad)], cwd=tmp_path)
+BAD_YAML = {  # id -> ((text in slow_tiny.yaml, its replacement), words the error line must contain)
+    "unknown key": (("    frames: 8", "    frames: 8\n    bogus_key: 1"),
+                    ['"data.init_args.bogus_key"', "expected one of", "view_size"]),
+    "not an int": (("  max_steps: 200", "  max_steps: many"), ['"trainer.max_steps"', "int", "many"]),
+    "not a float": (("    lr: 1.0e-3", "    lr: fast"), ["lr", "float", "fast"]),
+    "unknown preset": (("preset: tiny", "preset: huge"), ["huge", "expected one of"]),
+    "unknown class": (("class_path: slowfast_vgen.models.HashTextEncoder", "class_path: slowfast_vgen.models.Nope"),
+                      ["Nope"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_yaml_runs(tmp_path_factory):
+    """`sfvgen fit -c` on each bad YAML, all in one child process (tests/cli_driver.py)."""
+    root, text = tmp_path_factory.mktemp("bad_yaml"), TINY.read_text()
+    cases = {}
+    for i, (case, ((old, new), _)) in enumerate(BAD_YAML.items()):
+        assert old in text, old
+        (root / f"bad{i}.yaml").write_text(text.replace(old, new, 1))
+        cases[case] = ["fit", "-c", str(root / f"bad{i}.yaml")]
+    return sfvgen_in_one_process(cases, root)
+
+
+@pytest.mark.parametrize("case", BAD_YAML)
+def test_bad_yaml_gives_one_line_and_exit_code_2(case, bad_yaml_runs):
+    out = bad_yaml_runs[case]
     assert out.returncode == 2, out.stderr[-2000:]
     lines = error_lines(out.stderr)
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    for word in expected:
+    for word in BAD_YAML[case][1]:
         assert word in lines[0], lines[0]
 
 

@@ -29,7 +29,7 @@ def test_every_paper_table_has_an_eval_config():
 def recorded_shards(tmp_path_factory):
     """Stands in for the ViZDoom test episodes of the *_doom configs (same contract: poses in the gt)."""
     root = tmp_path_factory.mktemp("recorded") / "shards"
-    world_shards(root, chunk_frames=4)
+    world_shards(root, chunk_frames=4, chunks_out=2)  # 2 chunks out and back: short episodes, still revisits
     return root
 
 

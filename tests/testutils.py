@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +40,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def sfvgen_in_one_process(cases: dict[str, list[str]], cwd) -> dict[str, SimpleNamespace]:
+    """Each command line of ``cases`` through ``slowfast_vgen.cli.main`` in one child process (tests/cli_driver.py:
+    one import of torch and Lightning for all); per case its ``returncode``, ``stdout`` and ``stderr``."""
+    cwd = Path(cwd)
+    (cwd / "cli_cases.json").write_text(json.dumps(cases))
+    env = {k: v for k, v in os.environ.items() if k != "SFVGEN_DEBUG"}
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "cli_driver.py"), "cli_cases.json", "cli_results.json"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {case: SimpleNamespace(**r) for case, r in json.loads((cwd / "cli_results.json").read_text()).items()}
