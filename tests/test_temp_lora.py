@@ -216,7 +216,7 @@ def test_lr_decay_writes_later_chunks_less():
         make(True, lr_decay=-1)
 
 
-def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_nothing():
+def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_nothing(monkeypatch):
     z = torch.randn(1, 12, 6, 8, 8, generator=torch.Generator().manual_seed(0))
     null = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
 
@@ -244,6 +244,17 @@ def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_
             record = full.update(z[:, :, :2], z[:, :, 2:], null)
         thetas.append(([p.detach().clone() for p in full.params], record.loss))
     (a, loss_a), (b, loss_b) = thetas
+    # recomputed per layer (every ResNet / transformer / temporal layer of a block), not per block
+    import torch.utils.checkpoint as tuc
+
+    unet, full = learner(checkpointing=True)
+    calls, original = [], tuc.checkpoint
+    monkeypatch.setattr(tuc, "checkpoint", lambda fn, *a, **k: calls.append(fn) or original(fn, *a, **k))
+    full.update(z[:, :, :2], z[:, :, 2:], null)
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    layers = [m for b in blocks for c in b.children() if isinstance(c, torch.nn.ModuleList) for m in c]
+    assert len(calls) == len(layers) > len(blocks)
+    assert all(getattr(fn, "__self__", None) in layers for fn in calls)
     assert abs(loss_a - loss_b) < 1e-6 and all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
     assert all(not torch.equal(x, y) for x, y in zip(a, initial))  # it learned: not a comparison of untouched weights
     with pytest.raises(UserInputError, match="update_frames must be >= 0"):

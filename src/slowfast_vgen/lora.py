@@ -171,8 +171,8 @@ class TempLoRA:
             overwrite them with the model's re-rendering (docs/memory.md: freezing the memory at the turn helped).
         update_frames: if > 0, the update trains on the last ``update_frames`` frames of X_i (+) Y_i only (a cheaper
             update: each frame is still written once, as output; ``sfvgen bench temp-lora --components``).
-        checkpointing: recompute each down / mid / up block's activations in the update's backward pass instead
-            of keeping them (less memory for more time; sampling is unaffected).
+        checkpointing: recompute each layer's activations (in the down / mid / up blocks) in the update's backward
+            pass instead of keeping them (less memory for about one more forward pass; sampling is unaffected).
 
     ``target_modules`` may be a regular expression (peft's convention), e.g. ``r"up_blocks.*(to_q|to_k|to_v|to_out.0)"``
     for Theta on the decoder only: the backward pass then stops where the first LoRA layer is, and the encoder's
@@ -472,7 +472,7 @@ class TempLoRA:
         noisy = self.diffusion.add_noise(z0, noise, t)  # Alg. 1a l.12: noise on the whole sequence ...
         frame = torch.arange(z0.shape[2], device=z0.device)[None, None, :, None, None]
         noisy = torch.where(frame < n_clean[:, None, None, None, None], z0, noisy)  # ... but clean context
-        with torch.enable_grad(), _checkpointed_blocks(self.unet) if self.checkpointing else contextlib.nullcontext():
+        with torch.enable_grad(), _checkpointed_layers(self.unet) if self.checkpointing else contextlib.nullcontext():
             pred = unet_output(self.unet, noisy, t, cond)
             target = self.diffusion.target(z0, noise, t)  # eps (paper), or v for a v-prediction model
             return masked_mse(pred, target, n_clean)  # Alg. 1a l.13 (all frames unless some are clean)
@@ -570,28 +570,32 @@ class TempLoRA:
 
 
 @contextlib.contextmanager
-def _checkpointed_blocks(unet: nn.Module) -> Iterator[None]:
-    """Inside: each down / mid / up block of a diffusers UNet recomputes its activations in the backward pass
-    (``torch.utils.checkpoint``, non-reentrant) instead of storing them. diffusers' UNet3DConditionModel has no
+def _checkpointed_layers(unet: nn.Module) -> Iterator[None]:
+    """Inside: each layer of the down / mid / up blocks of a diffusers UNet (every entry of a block's module
+    lists: ResNets, temporal convolutions, spatial and temporal transformers, down/upsamplers) recomputes its
+    activations in the backward pass (``torch.utils.checkpoint``, non-reentrant) instead of storing them. Per layer,
+    not per block: a recomputed ModelScope block at 32 frames of 32x32 latents holds several GB (a 16+16-frame update
+    with per-block recomputation did not fit in 23 GB; docs/benchmarks.md). diffusers' UNet3DConditionModel has no
     gradient checkpointing of its own."""
     from torch.utils.checkpoint import checkpoint
 
     blocks = [*getattr(unet, "down_blocks", []), *([unet.mid_block] if getattr(unet, "mid_block", None) else []),
               *getattr(unet, "up_blocks", [])]
-    originals = [block.forward for block in blocks]
+    layers = [layer for block in blocks for child in block.children() if isinstance(child, nn.ModuleList)
+              for layer in child]
 
     def wrap(fn):
         def forward(*args, **kwargs):
             return checkpoint(fn, *args, use_reentrant=False, **kwargs) if torch.is_grad_enabled() else fn(*args, **kwargs)
         return forward
 
-    for block, fn in zip(blocks, originals):
-        block.forward = wrap(fn)
+    for layer in layers:
+        layer.forward = wrap(layer.forward)
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward  # back to the class's forward
+        for layer in layers:
+            del layer.forward  # back to the class's forward
 
 
 def _per_sample_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):

@@ -36,11 +36,21 @@ def rss_mb() -> float:
 
 def peak_reset(device: torch.device) -> None:
     """Start a new peak-memory window: CUDA's allocator statistics, or on Linux the process's peak resident set
-    (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``)."""
+    (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``). On the CPU, memory freed earlier is first handed
+    back to the system (glibc ``malloc_trim``): memory the allocator kept would otherwise absorb the next phase's
+    allocations without raising its peak."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: peaks may read low after a large free
+            pass
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
 
@@ -55,14 +65,15 @@ def peak_mb(device: torch.device) -> float:
 
 
 def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset: str, repeats: int, steps: int,
-                   options: dict | None = None, update_only: bool = False) -> dict:
+                   options: dict | None = None, update_only: bool = False, warmup: int = 1) -> dict:
     """Each phase of one Temp-LoRA chunk, timed (median of ``repeats``) and its peak memory, in this process:
     a guided sampling step (three-way guidance: one UNet call at batch 3 on the context + new frames) without
     LoRA, with the LoRA unmerged and with Theta merged; merging and unmerging; the update (the preset's steps on
     the context + new frames, Alg. 1a l.11-14). The per-chunk ratio at ``steps`` sampling steps is computed from
     the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``. ``options``: TempLoRA settings
     over the preset (e.g. ``update_frames``, ``target_modules``, ``checkpointing``: the cheaper updates);
-    ``update_only``: time the update alone (to compare such options without re-timing sampling)."""
+    ``update_only``: time the update alone (to compare such options without re-timing sampling); ``warmup``:
+    untimed sampling steps before the first sampling phase (none with ``update_only``)."""
     import statistics
 
     from slowfast_vgen.simulators.world import REVERSE
@@ -96,9 +107,9 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
     def denoise(z, tt, txt):
         return unet_output(unet, z, tt, txt)
 
-    def timed(fn) -> dict[str, float]:
+    def timed(fn, name: str) -> dict[str, float]:
         times, peaks = [], []
-        for _ in range(repeats):
+        for i in range(repeats):
             peak_reset(dev)
             start = time.perf_counter()
             fn()
@@ -106,13 +117,21 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
             peaks.append(peak_mb(dev))
+            # progress on stderr (stdout holds the JSON): at ModelScope size on a CPU a phase takes minutes
+            print(f"bench: {name} run {i + 1}/{repeats}: {times[-1]:.3f} s, peak {peaks[-1]:.0f} MB", file=sys.stderr,
+                  flush=True)
         return {"seconds": statistics.median(times), "runs": [round(x, 4) for x in times], "peak_mb": round(max(peaks), 1)}
 
     def sample_step():
         with torch.no_grad():
             sampler.guided_noise(denoise, context, new, t, text, null)
 
-    phases = {} if update_only else {"sample_step_without_lora": timed(sample_step)}
+    for i in range(0 if update_only else warmup):  # one-time costs (kernel selection, first allocations) out of the first phase's time
+        start = time.perf_counter()
+        sample_step()
+        print(f"bench: warm-up step {i + 1}/{warmup}: {time.perf_counter() - start:.3f} s (not counted)",
+              file=sys.stderr, flush=True)
+    phases = {} if update_only else {"sample_step_without_lora": timed(sample_step, "sample_step_without_lora")}
     settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE, **(options or {})}
     learner = TempLoRA(unet, diffusion, **settings)
     described = {"update_steps": settings["steps_per_chunk"], "update_draws": settings.get("draws", 1),
@@ -122,9 +141,9 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         learner.update(context, new, null, text, back)
 
     if update_only:
-        return {"phases": {"update": timed(update)}, "weights_mb": round(weights_mb, 1), "parameters": parameters,
+        return {"phases": {"update": timed(update, "update")}, "weights_mb": round(weights_mb, 1), "parameters": parameters,
                 "lora_parameters": sum(p.numel() for p in learner.params), **described}
-    phases["sample_step_lora_unmerged"] = timed(sample_step)
+    phases["sample_step_lora_unmerged"] = timed(sample_step, "sample_step_lora_unmerged")
 
     def merged_step():
         with learner.merged():
@@ -134,12 +153,12 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         with learner.merged():
             pass
 
-    phases["merge_unmerge"] = timed(merge_only)
-    phases["sample_step_merged"] = timed(merged_step)  # includes one merge/unmerge: subtracted below
+    phases["merge_unmerge"] = timed(merge_only, "merge_unmerge")
+    phases["sample_step_merged"] = timed(merged_step, "sample_step_merged")  # includes one merge/unmerge: subtracted below
     phases["sample_step_merged"]["seconds"] = max(
         0.0, phases["sample_step_merged"]["seconds"] - phases["merge_unmerge"]["seconds"])
 
-    phases["update"] = timed(update)
+    phases["update"] = timed(update, "update")
     step0 = phases["sample_step_without_lora"]["seconds"]
     without = steps * step0
     merged = steps * phases["sample_step_merged"]["seconds"] + phases["merge_unmerge"]["seconds"] + phases["update"]["seconds"]
@@ -226,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="time each phase of a chunk (sampling step without / with LoRA, merge, update) and its peak "
                         "memory in one process, and compute the per-chunk ratio at --steps from the parts")
     p.add_argument("--repeats", type=positive_int, default=3, help="--components: runs of each phase (median)")
+    p.add_argument("--warmup", type=int, default=1, choices=range(0, 4), metavar="{0..3}",
+                   help="--components: untimed sampling steps before the first phase")
     p.add_argument("--end-to-end", action="store_true",
                    help="with --components: also run --chunks whole chunks at --steps in each mode (subprocesses) "
                         "and compare the measured ratio with the one composed from the parts at those steps")
@@ -274,9 +295,9 @@ def components_main(args: argparse.Namespace) -> int:
     options = {k: v for k, v in dict(update_frames=args.update_frames, target_modules=parse_targets(args.targets),
                                      checkpointing=args.checkpointing or None).items() if v is not None}
     parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps,
-                           options, args.update_only)
+                           options, args.update_only, args.warmup)
     out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
-           "settings": {**_settings(args), "repeats": args.repeats}, **parts, "paper_table3": PAPER_TABLE3}
+           "settings": {**_settings(args), "repeats": args.repeats, "warmup": args.warmup}, **parts, "paper_table3": PAPER_TABLE3}
     if args.end_to_end and not args.update_only:
         results = both_modes(args)
         ph, n = parts["phases"], args.steps
