@@ -53,3 +53,29 @@ def test_components_time_each_phase_and_compose_the_per_chunk_ratio():
     expected = (5 * phases["sample_step_lora_unmerged"]["seconds"] + phases["update"]["seconds"]) / (5 * step0)
     assert abs(r["time_ratio"]["unmerged"] - expected) < 1e-3
     assert r["memory_ratio"]["merged"] > 0 and r["update_in_sampling_steps"] > 0
+
+
+
+def test_the_end_to_end_children_run_the_same_cheaper_update():
+    """--end-to-end runs each mode in a child process: the child gets the parent's cheaper-update flags."""
+    from slowfast_vgen.generation import bench
+
+    parent = _parse(["--preset", "tiny", "--update-frames", "2", "--targets", r"up_blocks.*to_q$", "--checkpointing"])
+    child = _parse(["--preset", "tiny", *bench._option_flags(parent)])
+    assert bench._options(child) == bench._options(parent) == {
+        "update_frames": 2, "target_modules": r"up_blocks.*to_q$", "checkpointing": True}
+    assert bench._options(_parse(["--preset", "tiny"])) == {}
+    r = bench.run_mode("tiny", True, chunks=1, steps=1, rank=4, device="cpu", options=bench._options(parent))
+    assert r["temp_lora"]["update_frames"] == 2 and r["temp_lora"]["checkpointing"]
+    all_layers = bench.run_mode("tiny", True, chunks=1, steps=1, rank=4, device="cpu")["temp_lora"]["lora_layers"]
+    assert 0 < r["temp_lora"]["lora_layers"] < all_layers  # the decoder's to_q only
+
+
+def _parse(argv):
+    """`sfvgen bench temp-lora --components ARGV` parsed as main() parses it (components_main patched out)."""
+    from unittest import mock
+
+    from slowfast_vgen.generation import bench
+
+    with mock.patch.object(bench, "components_main", side_effect=lambda args: args):
+        return bench.main(["--components", *argv])

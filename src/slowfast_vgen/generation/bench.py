@@ -179,9 +179,10 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
 
 
 def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank: int, device: str, merge: bool = False,
-             dtype: str = "float32", lora_preset: str = "paper") -> dict:
+             dtype: str = "float32", lora_preset: str = "paper", options: dict | None = None) -> dict:
     """One mode in this process; ``preset``: a name in PRESETS or such a dict; ``lora_preset``: Temp-LoRA
-    settings by name (:data:`slowfast_vgen.lora.TEMP_LORA_PRESETS`)."""
+    settings by name (:data:`slowfast_vgen.lora.TEMP_LORA_PRESETS`); ``options``: TempLoRA settings over it (the
+    cheaper updates, as in :func:`run_components`)."""
     from slowfast_vgen.simulators.world import REVERSE, World
     from slowfast_vgen.lora import TEMP_LORA_PRESETS
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
@@ -194,7 +195,7 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
     dev = torch.device(device)
     unet = build_unet3d(cfg["unet"]).eval().to(dev, DTYPES[dtype])
     diffusion = MaskedDiffusion()
-    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE}
+    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE, **(options or {})}
     learner = TempLoRA(unet, diffusion, **settings) if temp_lora else None
     encoder = HashTextEncoder(cfg["embed"], max_tokens=cfg.get("tokens", 8)).to(dev)
     gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), encoder,
@@ -225,7 +226,10 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
     steady = times[2:] if len(times) > 4 else times
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds_per_chunk": sum(steady) / len(steady), "peak_memory_mb": round(peak, 2),
-            "memory_mb_at_chunk": memory, "chunks": chunks}
+            "memory_mb_at_chunk": memory, "chunks": chunks,
+            "temp_lora": None if learner is None else {"update_frames": learner.update_frames,
+                                                        "checkpointing": learner.checkpointing,
+                                                        "lora_layers": len(learner.lora_layers())}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return components_main(args)
     if args.child:
         print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.rank, args.device,
-                                  args.merge, args.dtype, args.temp_lora)))
+                                  args.merge, args.dtype, args.temp_lora, _options(args))))
         return 0
     results = both_modes(args)
     w, wo = results["with"], results["without"]
@@ -289,16 +293,28 @@ def _settings(args: argparse.Namespace) -> dict:
             "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]}
 
 
-def components_main(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace) -> dict:
+    """The cheaper-update flags as TempLoRA settings (only those given)."""
     from slowfast_vgen.lora import parse_targets
 
-    options = {k: v for k, v in dict(update_frames=args.update_frames, target_modules=parse_targets(args.targets),
-                                     checkpointing=args.checkpointing or None).items() if v is not None}
+    return {k: v for k, v in dict(update_frames=args.update_frames, target_modules=parse_targets(args.targets),
+                                  checkpointing=args.checkpointing or None).items() if v is not None}
+
+
+def _option_flags(args: argparse.Namespace) -> list[str]:
+    return [*(["--update-frames", str(args.update_frames)] if args.update_frames is not None else []),
+            *(["--targets", args.targets] if args.targets else []),
+            *(["--checkpointing"] if args.checkpointing else [])]
+
+
+def components_main(args: argparse.Namespace) -> int:
+    options = _options(args)
     parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps,
                            options, args.update_only, args.warmup)
     out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
            "settings": {**_settings(args), "repeats": args.repeats, "warmup": args.warmup}, **parts, "paper_table3": PAPER_TABLE3}
     if args.end_to_end and not args.update_only:
+        peak_reset(torch.device(args.device))  # this process's UNet is gone: hand its memory back before the children
         results = both_modes(args)
         ph, n = parts["phases"], args.steps
         composed = (n * ph["sample_step_merged" if args.merge else "sample_step_lora_unmerged"]["seconds"]
@@ -321,7 +337,8 @@ def both_modes(args: argparse.Namespace) -> dict[str, dict]:
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
                "--preset", args.preset, "--chunks", str(args.chunks), "--steps", str(args.steps),
                "--rank", str(args.rank), "--device", args.device, "--dtype", args.dtype, "--temp-lora", args.temp_lora,
-               *(["--merge"] if args.merge else [])]
+               *(["--merge"] if args.merge else []), *_option_flags(args)]
+        print(f"bench: {mode} Temp-LoRA, {args.chunks} chunks (a child process) ...", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     return results
