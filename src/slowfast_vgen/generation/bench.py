@@ -126,7 +126,8 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         with torch.no_grad():
             sampler.guided_noise(denoise, context, new, t, text, null)
 
-    for i in range(0 if update_only else warmup):  # one-time costs (kernel selection, first allocations) out of the first phase's time
+    # one-time costs (kernel selection, first allocations) kept out of the first phase's time
+    for i in range(0 if update_only else warmup):
         start = time.perf_counter()
         sample_step()
         print(f"bench: warm-up step {i + 1}/{warmup}: {time.perf_counter() - start:.3f} s (not counted)",
@@ -141,8 +142,8 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         learner.update(context, new, null, text, back)
 
     if update_only:
-        return {"phases": {"update": timed(update, "update")}, "weights_mb": round(weights_mb, 1), "parameters": parameters,
-                "lora_parameters": sum(p.numel() for p in learner.params), **described}
+        return {"phases": {"update": timed(update, "update")}, "weights_mb": round(weights_mb, 1),
+                "parameters": parameters, "lora_parameters": sum(p.numel() for p in learner.params), **described}
     phases["sample_step_lora_unmerged"] = timed(sample_step, "sample_step_lora_unmerged")
 
     def merged_step():
@@ -312,7 +313,8 @@ def components_main(args: argparse.Namespace) -> int:
     parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps,
                            options, args.update_only, args.warmup)
     out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
-           "settings": {**_settings(args), "repeats": args.repeats, "warmup": args.warmup}, **parts, "paper_table3": PAPER_TABLE3}
+           "settings": {**_settings(args), "repeats": args.repeats, "warmup": args.warmup}, **parts,
+           "paper_table3": PAPER_TABLE3}
     if args.end_to_end and not args.update_only:
         peak_reset(torch.device(args.device))  # this process's UNet is gone: hand its memory back before the children
         results = both_modes(args)
