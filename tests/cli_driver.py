@@ -1,7 +1,8 @@
-"""Run by tests/test_bad_inputs.py: many `sfvgen` command lines in one process (each new process imports torch and
-Lightning: seconds of a 2-core CPU apiece). Per command line: the return code of ``slowfast_vgen.cli.main`` and
-what it wrote to stdout / stderr; an exception that escapes ``main`` is recorded as Python would print it (exit 1,
-its traceback on stderr), so a test that forbids tracebacks still sees it.
+"""Run by testutils.sfvgen_in_one_process (the bad-input and bad-YAML tables): many `sfvgen` command lines in
+one process (each new process imports torch and Lightning: seconds of a 2-core CPU apiece). Per command line:
+the return code of ``slowfast_vgen.cli.main`` and what it wrote to stdout / stderr; an exception that escapes
+``main`` is recorded as Python would print it (exit 1, its traceback on stderr), so a test that forbids
+tracebacks still sees it.
 
     python tests/cli_driver.py CASES.json RESULTS.json   (CASES.json: {"id": [argv...]}; run in the cwd wanted)
 """
