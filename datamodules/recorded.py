@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from slowfast_vgen.datamodules.shard_dataset import ShardEpisodeDataset, episode_chunks
-from slowfast_vgen.datamodules.shards import BadSample
+from slowfast_vgen.datamodules.shards.read import ShardEpisodeDataset, episode_chunks
+from slowfast_vgen.datamodules.shards.format import BadSample
 from slowfast_vgen.errors import UserInputError
 
 

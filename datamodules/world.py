@@ -85,7 +85,7 @@ class WorldDataModule(L.LightningDataModule):
             cell_size=cell_size, view_size=view_size, speed=speed,
         )
         self.train_set = WorldClipDataset(train_samples, seed=seed, **common)
-        self.val_set = WorldClipDataset(val_samples, seed=seed + 1_000_003, **common)
+        self.val_set = WorldClipDataset(val_samples, seed=stable_seed("val", seed), **common)
         self.collate = MixedLengthCollate(min_frames=min_frames, max_frames=frames)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:

@@ -84,9 +84,35 @@ def test_guidance_dropout_replaces_image_and_text_conditions():
     assert abs(rates.drop_image.float().mean() - 0.1) < 0.02 and abs(rates.drop_text.float().mean() - 0.15) < 0.02
 
 
+def test_full_noise_clips_are_eq3s_regime_and_leave_other_draws_unchanged():
+    z0 = torch.randn(4000, 1, 3, 1, 1)
+    n_ctx, text, null, seeds = torch.full((4000,), 2), torch.ones(4000, 1, 1), torch.zeros(1, 1, 1), torch.arange(4000)
+    plain = MaskedDiffusion(p_drop_image=0.0, p_drop_text=0.0).prepare(z0, n_ctx, text, null, seeds)
+    mixed = MaskedDiffusion(p_drop_image=0.0, p_drop_text=0.0, p_full_noise=0.3).prepare(z0, n_ctx, text, null, seeds)
+    assert torch.equal(plain.noise, mixed.noise) and torch.equal(plain.timesteps, mixed.timesteps)
+    full = mixed.n_context == 0
+    assert abs(full.float().mean() - 0.3) < 0.03 and torch.equal(mixed.n_context[~full], n_ctx[~full])
+    noised = MaskedDiffusion().add_noise(z0, mixed.noise, mixed.timesteps)
+    assert torch.equal(mixed.noisy[full], noised[full])  # no clean frame left
+    assert torch.equal(mixed.noisy[~full][:, :, :2], z0[~full][:, :, :2])
+    assert bool(mixed.drop_text[full].all()) and not bool(mixed.drop_text[~full].any())
+    assert torch.equal(mixed.text[full], null.expand(int(full.sum()), 1, 1))
+    # validation (cfg_dropout=False) keeps every clip's context
+    assert bool((MaskedDiffusion(p_full_noise=1.0).prepare(z0[:8], n_ctx[:8], text[:8], null, seeds[:8],
+                                                          cfg_dropout=False).n_context == 2).all())
+
+    def denoiser(z, t, c):  # a perfect prediction on the context frames only
+        return torch.where(torch.arange(3)[None, None, :, None, None] < 2, torch.zeros_like(z), torch.full_like(z, 9.0))
+    loss_all, _ = MaskedDiffusion(p_full_noise=1.0, prediction_type="sample").training_loss(
+        denoiser, torch.zeros(2, 1, 3, 1, 1), torch.tensor([2, 2]), text[:2], null, seeds[:2])
+    assert loss_all == pytest.approx(81.0 / 3)  # the loss covers all three frames, not only the last
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(UserInputError, match="p_drop_text"):
         MaskedDiffusion(p_drop_text=1.5)
+    with pytest.raises(UserInputError, match="p_full_noise"):
+        MaskedDiffusion(p_full_noise=-0.1)
     with pytest.raises(UserInputError, match="n_context"):
         MaskedDiffusion().prepare(torch.zeros(1, 1, 3, 1, 1), torch.tensor([3]), torch.zeros(1, 1, 1),
                                   torch.zeros(1, 1, 1), torch.tensor([0]))

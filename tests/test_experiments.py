@@ -49,7 +49,7 @@ def tiny_shards(tmp_path_factory):
     sys.path.insert(0, str(REPO / "tests" / "data"))
     from datautils import make_dataset
 
-    from slowfast_vgen.datamodules.build import build_shards
+    from slowfast_vgen.datamodules.prep.build import build_shards
 
     root = tmp_path_factory.mktemp("shards")
     videos, actions, _, _ = make_dataset(root)

@@ -139,7 +139,7 @@ def test_own_recordings_to_table1_and_table4(tmp_path, monkeypatch):
     import yaml
 
     from slowfast_vgen.cli import main as sfvgen
-    from slowfast_vgen.datamodules.videoio import encode_video
+    from slowfast_vgen.datamodules.shards.videoio import encode_video
 
     monkeypatch.chdir(tmp_path)
     videos, action_rows, gt_rows, world = tmp_path / "videos", [], [], []
@@ -174,7 +174,7 @@ def test_own_recordings_to_table1_and_table4(tmp_path, monkeypatch):
                                   "init_args": {"dirpath": "ckpt", "save_last": True}}])
     config["trainer"].pop("val_check_interval", None)
     config["model"]["init_args"].update(chunk_frames=4, context_frames=4, num_inference_steps=2)
-    config["data"] = {"class_path": "slowfast_vgen.datamodules.shard_datamodule.ShardDataModule",
+    config["data"] = {"class_path": "slowfast_vgen.datamodules.shards.datamodule.ShardDataModule",
                       "init_args": {"train_shards": "shards", "batch_size": 2, "frames": 8, "min_frames": 5,
                                     "max_context": 4}}
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
@@ -199,8 +199,8 @@ def test_own_recordings_to_table1_and_table4(tmp_path, monkeypatch):
 
 
 def test_build_gt_sidecar_checks_every_row(tmp_path):
-    from slowfast_vgen.datamodules.build import build_shards, read_gt_file
-    from slowfast_vgen.datamodules.videoio import encode_video
+    from slowfast_vgen.datamodules.prep.build import build_shards, read_gt_file
+    from slowfast_vgen.datamodules.shards.videoio import encode_video
 
     frames = np.zeros((6, 16, 16, 3), dtype=np.uint8)
     (tmp_path / "v").mkdir()

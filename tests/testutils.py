@@ -18,7 +18,7 @@ def world_shards(root, seeds=(0, 1), chunk_frames=2, chunks_out=3):
     samples' gt); returns the world's episodes."""
     import torch
 
-    from slowfast_vgen.datamodules.shardset import ShardSetWriter
+    from slowfast_vgen.datamodules.shards.write import ShardSetWriter
     from slowfast_vgen.simulators.world import revisit_episode
 
     writer = ShardSetWriter(root, "test-world", {}, video="mp4-lossless")

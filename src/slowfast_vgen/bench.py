@@ -20,7 +20,7 @@ from slowfast_vgen.machine import machine
 
 DELEGATED = {
     "temp-lora": "slowfast_vgen.generation.bench:main",
-    "data": "slowfast_vgen.datamodules.bench:main",
+    "data": "slowfast_vgen.datamodules.prep.bench:main",
     "metrics": "slowfast_vgen.metrics.bench:main",
     "slow-fast": "slowfast_vgen.systems.bench:main",
     "memory": "slowfast_vgen.evaluation.memory:main",

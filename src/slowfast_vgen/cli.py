@@ -29,7 +29,7 @@ LIGHTNING_COMMANDS = {
 TOOL_COMMANDS = {
     "demo": ("slowfast_vgen.demo:main", "train/generate on the built-in world and write videos (make demo)"),
     "generate": ("slowfast_vgen.generate:main", "generate a long video from a first frame and actions"),
-    "data": ("slowfast_vgen.datamodules.cli:main", "build, verify and record WebDataset shards"),
+    "data": ("slowfast_vgen.datamodules.prep.cli:main", "build, verify and record WebDataset shards"),
     "evaluate": ("slowfast_vgen.evaluation.cli:main", "evaluate models and write the paper's tables"),
     "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, slow-fast, data, metrics) as JSON"),
     "export": ("slowfast_vgen.checkpoints:export_main", "UNet weights of a checkpoint -> safetensors"),

@@ -43,6 +43,7 @@ from slowfast_vgen.diffusion.masked import MaskedDiffusion, masked_mse
 from slowfast_vgen.errors import UserInputError, positive_int
 from slowfast_vgen.io import atomic_path
 from slowfast_vgen.models.unet import unet_output
+from slowfast_vgen.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,7 @@ class TempLoRA:
             group["lr"] = self.lr / (1.0 + self.lr_decay * chunk)
         snapshot = self._snapshot()
         record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + chunk)
+        g = torch.Generator().manual_seed(stable_seed("temp-lora", self.seed, chunk))
         own_batch = None  # the first step's batch, for the loss guard
         clip, n_clip_input = z0, n_input
         if 0 < self.update_frames < z0.shape[2]:  # a cheaper update: the last frames only

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slowfast_vgen.datamodules.videoio import encode_video
+from slowfast_vgen.datamodules.shards.videoio import encode_video
 
 ACTIONS = ["go left", "go right", "turn left", "turn right", "go forward"]
 

@@ -10,9 +10,9 @@ import tarfile
 import pytest
 
 from datautils import make_dataset, video_frames
-from slowfast_vgen.datamodules.build import build_shards
-from slowfast_vgen.datamodules.shard_datamodule import ShardDataModule
-from slowfast_vgen.datamodules.shards import (
+from slowfast_vgen.datamodules.prep.build import build_shards
+from slowfast_vgen.datamodules.shards.datamodule import ShardDataModule
+from slowfast_vgen.datamodules.shards.format import (
     ShardWriter,
     load_manifest,
     new_manifest,
@@ -20,7 +20,7 @@ from slowfast_vgen.datamodules.shards import (
     verify_shards,
     write_manifest,
 )
-from slowfast_vgen.datamodules.videoio import encode_video, json_bytes
+from slowfast_vgen.datamodules.shards.videoio import encode_video, json_bytes
 from slowfast_vgen.errors import UserInputError
 
 

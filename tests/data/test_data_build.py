@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from datautils import make_dataset, write_video, video_frames
-from slowfast_vgen.datamodules import cli
-from slowfast_vgen.datamodules.build import build_shards, read_action_file
-from slowfast_vgen.datamodules.shard_datamodule import ShardDataModule
-from slowfast_vgen.datamodules.shards import load_manifest, verify_shards
+from slowfast_vgen.datamodules.prep import cli
+from slowfast_vgen.datamodules.prep.build import build_shards, read_action_file
+from slowfast_vgen.datamodules.shards.datamodule import ShardDataModule
+from slowfast_vgen.datamodules.shards.format import load_manifest, verify_shards
 from slowfast_vgen.errors import UserInputError
 
 

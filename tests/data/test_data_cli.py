@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from datautils import make_dataset
-from slowfast_vgen.datamodules import bench, cli
-from slowfast_vgen.datamodules.build import build_shards
-from slowfast_vgen.datamodules.shards import load_manifest
+from slowfast_vgen.datamodules.prep import bench, cli
+from slowfast_vgen.datamodules.prep.build import build_shards
+from slowfast_vgen.datamodules.shards.format import load_manifest
 from slowfast_vgen.errors import UserInputError
 
 
@@ -37,7 +37,7 @@ def test_cache_latents_cli(tmp_path, capsys):
 
 
 def test_module_entry_point_prints_one_line_and_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "slowfast_vgen.datamodules.cli", "verify", str(tmp_path / "none")],
+    proc = subprocess.run([sys.executable, "-m", "slowfast_vgen.datamodules.prep.cli", "verify", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr

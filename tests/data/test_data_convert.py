@@ -7,10 +7,10 @@ import json
 import pytest
 
 from datautils import video_frames, write_video
-from slowfast_vgen.datamodules import cli
-from slowfast_vgen.datamodules.build import build_shards, read_action_file
-from slowfast_vgen.datamodules.convert import convert_epic, convert_generic, keylog_to_actions, parse_time
-from slowfast_vgen.datamodules.shards import load_manifest
+from slowfast_vgen.datamodules.prep import cli
+from slowfast_vgen.datamodules.prep.build import build_shards, read_action_file
+from slowfast_vgen.datamodules.prep.convert import convert_epic, convert_generic, keylog_to_actions, parse_time
+from slowfast_vgen.datamodules.shards.format import load_manifest
 from slowfast_vgen.errors import UserInputError
 
 

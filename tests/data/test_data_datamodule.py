@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from datautils import make_dataset
-from slowfast_vgen.datamodules.build import build_shards
-from slowfast_vgen.datamodules.shard_datamodule import ShardDataModule, ShardSampler
-from slowfast_vgen.datamodules.shard_dataset import ShardClipDataset, ShardEpisodeDataset, episode_chunks
+from slowfast_vgen.datamodules.prep.build import build_shards
+from slowfast_vgen.datamodules.shards.datamodule import ShardDataModule, ShardSampler
+from slowfast_vgen.datamodules.shards.read import ShardClipDataset, ShardEpisodeDataset, episode_chunks
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.models.autoencoder import PixelShuffleAutoencoder
 

@@ -13,11 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from datautils import make_dataset
-from slowfast_vgen.datamodules.build import build_shards
+from slowfast_vgen.datamodules.prep.build import build_shards
 from slowfast_vgen.datamodules.common import MixedLengthCollate
-from slowfast_vgen.datamodules.shard_dataset import ShardClipDataset, ShardCollate
-from slowfast_vgen.datamodules.shard_loader import ShardDataLoader, ShardSampler
-from slowfast_vgen.datamodules.shards import load_manifest
+from slowfast_vgen.datamodules.shards.read import ShardClipDataset, ShardCollate
+from slowfast_vgen.datamodules.shards.loader import ShardDataLoader, ShardSampler
+from slowfast_vgen.datamodules.shards.format import load_manifest
 
 
 def free_port() -> int:
@@ -83,7 +83,7 @@ def test_lightning_ddp_keeps_the_shard_sampler(tmp_path):
     import lightning as L
 
     from lightning_recorder import RecordingModule
-    from slowfast_vgen.datamodules.shard_datamodule import ShardDataModule
+    from slowfast_vgen.datamodules.shards.datamodule import ShardDataModule
 
     shards = uneven_shards(tmp_path)
     dm = ShardDataModule(str(shards), batch_size=3, frames=6, max_context=2, num_workers=1, seed=2)

@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from slowfast_vgen.datamodules import cli
-from slowfast_vgen.datamodules.shard_dataset import ShardEpisodeDataset
-from slowfast_vgen.datamodules.shards import load_manifest, verify_shards
+from slowfast_vgen.datamodules.prep import cli
+from slowfast_vgen.datamodules.shards.read import ShardEpisodeDataset
+from slowfast_vgen.datamodules.shards.format import load_manifest, verify_shards
 
 pytest.importorskip("vizdoom")
 
-from slowfast_vgen.datamodules.vizdoom_recorder import record_shards  # noqa: E402
+from slowfast_vgen.datamodules.prep.record import record_shards  # noqa: E402
 
 
 def test_revisit_episodes_are_exact(tmp_path):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from datautils import video_frames
-from slowfast_vgen.datamodules import cli
-from slowfast_vgen.datamodules.shards import ShardReader, ShardWriter, load_manifest, verify_shards
-from slowfast_vgen.datamodules.shardset import ShardSetWriter
-from slowfast_vgen.datamodules.videoio import decode_frames, encode_video, load_npy, npy_bytes, npy_slice
+from slowfast_vgen.datamodules.prep import cli
+from slowfast_vgen.datamodules.shards.format import ShardReader, ShardWriter, load_manifest, verify_shards
+from slowfast_vgen.datamodules.shards.write import ShardSetWriter
+from slowfast_vgen.datamodules.shards.videoio import decode_frames, encode_video, load_npy, npy_bytes, npy_slice
 from slowfast_vgen.errors import UserInputError
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from datautils import make_dataset
-from slowfast_vgen.datamodules.build import build_shards
-from slowfast_vgen.datamodules.shard_datamodule import ShardDataModule
-from slowfast_vgen.datamodules.shard_stream import StreamingShardClipDataset, is_url
+from slowfast_vgen.datamodules.prep.build import build_shards
+from slowfast_vgen.datamodules.shards.datamodule import ShardDataModule
+from slowfast_vgen.datamodules.shards.stream import StreamingShardClipDataset, is_url
 from slowfast_vgen.errors import UserInputError
 
 

@@ -26,6 +26,7 @@ import torch
 from slowfast_vgen.errors import ArgumentParser, UserInputError
 from slowfast_vgen.lora import lora_kwargs, lora_options
 from slowfast_vgen.models.unet import unet_output
+from slowfast_vgen.seeds import stable_seed
 
 
 def chunk_contexts(n_frames: int, chunk_frames: int, context_frames: int, first_frames: int = 1) -> dict[int, list[int]]:
@@ -198,7 +199,7 @@ def measure_memory(
         m = mask.to(z0.device)[None, None]  # (1, 1, F, h, w)
         inputs = []
         for t_val in timesteps:
-            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed * 7919 + salt + t_val))
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(stable_seed("memory-noise", seed, salt, t_val)))
             noise = noise.to(z0.device, z0.dtype)
             t = torch.full((1,), t_val, dtype=torch.long, device=z0.device)
             noisy = diffusion.add_noise(z0, noise, t)

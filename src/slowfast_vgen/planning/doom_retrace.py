@@ -22,7 +22,7 @@ Primitive actions (one step = one recorded frame; the IDM's vocabulary):
 - ``"stay"``: one idle tic; the frame does not change.
 
 The game machinery (buttons, hidden window, no sound, ``+sv_cheats 1`` for ``warp``, scenario lookup, settling)
-is the revisit recorder's :class:`~slowfast_vgen.datamodules.vizdoom_recorder.DoomRecorder`; frames come from
+is the revisit recorder's :class:`~slowfast_vgen.datamodules.prep.record.DoomRecorder`; frames come from
 its smallest screen (160x120), area-resized to a square ``resolution``.
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from slowfast_vgen.datamodules.shardset import ShardSetWriter, StopWriting
+from slowfast_vgen.datamodules.shards.write import ShardSetWriter, StopWriting
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.simulators.vizdoom import (  # noqa: F401 (re-exported)

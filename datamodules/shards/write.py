@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from slowfast_vgen.datamodules.shards import (
+from slowfast_vgen.datamodules.shards.format import (
     MANIFEST,
     ShardWriter,
     check_key,
@@ -25,7 +25,7 @@ from slowfast_vgen.datamodules.shards import (
     sample_summary,
     write_manifest,
 )
-from slowfast_vgen.datamodules.videoio import encode_video, json_bytes, resize_uint8
+from slowfast_vgen.datamodules.shards.videoio import encode_video, json_bytes, resize_uint8
 from slowfast_vgen.errors import UserInputError
 
 FIRST_FRAME_ONLY_DOMAINS = ("robot",)  # paper Sec. 3.1.2: f_p = 1 for robot datasets

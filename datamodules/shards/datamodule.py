@@ -1,11 +1,11 @@
 """The LightningDataModule that trains from shard sets, on one process or many (DDP), exactly once per epoch.
 
 Shard locations that are URLs (``http(s)://...``, ``pipe:...``) stream through the webdataset pipeline
-(:mod:`slowfast_vgen.datamodules.shard_stream`); local folders use the indexed reader, which keeps the guarantees
+(:mod:`slowfast_vgen.datamodules.shards.stream`); local folders use the indexed reader, which keeps the guarantees
 of docs/data-format.md (exactly once across ranks and workers, exact mid-epoch resume).
 
-See :mod:`slowfast_vgen.datamodules.shard_loader` for how clips are split across ranks and workers and how bad
-samples are reported, and :mod:`slowfast_vgen.datamodules.shard_dataset` for how clips are cut from episodes.
+See :mod:`slowfast_vgen.datamodules.shards.loader` for how clips are split across ranks and workers and how bad
+samples are reported, and :mod:`slowfast_vgen.datamodules.shards.read` for how clips are cut from episodes.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from slowfast_vgen.datamodules.common import MixedLengthCollate
-from slowfast_vgen.datamodules.shard_dataset import (
+from slowfast_vgen.datamodules.shards.read import (
     ShardClipDataset,
     ShardCollate,
     ShardEpisodeDataset,
 )
-from slowfast_vgen.datamodules.shard_loader import EpochReport, ShardDataLoader, ShardSampler
-from slowfast_vgen.datamodules.shard_stream import StreamingShardClipDataset, is_url
-from slowfast_vgen.datamodules.shardset import FIRST_FRAME_ONLY_DOMAINS
+from slowfast_vgen.datamodules.shards.loader import EpochReport, ShardDataLoader, ShardSampler
+from slowfast_vgen.datamodules.shards.stream import StreamingShardClipDataset, is_url
+from slowfast_vgen.datamodules.shards.write import FIRST_FRAME_ONLY_DOMAINS
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.seeds import stable_seed
 
 __all__ = ["EpochReport", "ShardDataLoader", "ShardDataModule", "ShardSampler", "probe"]
 
@@ -85,7 +86,7 @@ class ShardDataModule(L.LightningDataModule):
         roots = _roots(self.hparams.train_shards if split == "train" else self.hparams.val_shards)
         if not self.hparams.latent_cache:
             return roots
-        from slowfast_vgen.datamodules.latent_cache import cache_dir
+        from slowfast_vgen.datamodules.prep.latent_cache import cache_dir
 
         if self.autoencoder is None:
             raise UserInputError("latent_cache is set but no autoencoder was given (ShardDataModule(autoencoder=...) "
@@ -96,7 +97,7 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.hparams.latent_cache:
             return
-        from slowfast_vgen.datamodules.latent_cache import cache_latents
+        from slowfast_vgen.datamodules.prep.latent_cache import cache_latents
 
         for split in ("train", "val"):
             for root in _roots(self.hparams.train_shards if split == "train" else self.hparams.val_shards):
@@ -115,16 +116,17 @@ class ShardDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> ShardClipDataset:
         h = self.hparams
         decode = h.decode_video if h.decode_video is not None else not h.latent_cache
+        seed = h.seed if split == "train" else stable_seed("val", h.seed)
         if self._streaming(split):  # URLs: the webdataset pipeline (docs/data-format.md: what holds in this mode)
             locations = h.train_shards if split == "train" else h.val_shards
             return StreamingShardClipDataset(locations, frames=h.frames, min_context=h.min_context,
                                              max_context=h.max_context, resolution=h.resolution,
-                                             seed=h.seed if split == "train" else h.seed + 1_000_003,
+                                             seed=seed,
                                              shuffle=split == "train", shuffle_buffer=h.shuffle_buffer,
                                              first_frame_only_domains=h.first_frame_only_domains, decode_video=decode)
         ds = ShardClipDataset(self._split_roots(split), frames=h.frames, min_context=h.min_context,
                               max_context=h.max_context, resolution=h.resolution,
-                              seed=h.seed if split == "train" else h.seed + 1_000_003,
+                              seed=seed,
                               first_frame_only_domains=h.first_frame_only_domains, decode_video=decode)
         probe(ds, h.probe_samples)
         return ds

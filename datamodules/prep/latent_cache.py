@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from slowfast_vgen.datamodules.shard_dataset import _ShardSets, _video_member, frames_to_tensor
-from slowfast_vgen.datamodules.shards import MANIFEST, BadSample
-from slowfast_vgen.datamodules.shardset import ShardSetWriter, StopWriting
-from slowfast_vgen.datamodules.videoio import decode_frames, npy_bytes, parse_size
+from slowfast_vgen.datamodules.shards.read import _ShardSets, _video_member, frames_to_tensor
+from slowfast_vgen.datamodules.shards.format import MANIFEST, BadSample
+from slowfast_vgen.datamodules.shards.write import ShardSetWriter, StopWriting
+from slowfast_vgen.datamodules.shards.videoio import decode_frames, npy_bytes, parse_size
 from slowfast_vgen.errors import UserInputError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}

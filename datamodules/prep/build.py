@@ -32,9 +32,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from slowfast_vgen.datamodules.shards import safe_name
-from slowfast_vgen.datamodules.shardset import FIRST_FRAME_ONLY_DOMAINS, ShardSetWriter, StopWriting
-from slowfast_vgen.datamodules.videoio import VIDEO_EXTENSIONS, iter_video_file, parse_size
+from slowfast_vgen.datamodules.shards.format import safe_name
+from slowfast_vgen.datamodules.shards.write import FIRST_FRAME_ONLY_DOMAINS, ShardSetWriter, StopWriting
+from slowfast_vgen.datamodules.shards.videoio import VIDEO_EXTENSIONS, iter_video_file, parse_size
 from slowfast_vgen.errors import UserInputError
 
 TRUE = {"1", "true", "yes", "y", "t"}
@@ -312,6 +312,6 @@ def build_shards(
 
 
 def _source_fps(path: Path) -> float:
-    from slowfast_vgen.datamodules.videoio import probe_video
+    from slowfast_vgen.datamodules.shards.videoio import probe_video
 
     return probe_video(path)[0] or 30.0

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from slowfast_vgen.errors import ArgumentParser
-from slowfast_vgen.datamodules.shard_dataset import ShardClipDataset
-from slowfast_vgen.datamodules.shardset import ShardSetWriter
-from slowfast_vgen.datamodules.videoio import npy_bytes
+from slowfast_vgen.datamodules.shards.read import ShardClipDataset
+from slowfast_vgen.datamodules.shards.write import ShardSetWriter
+from slowfast_vgen.datamodules.shards.videoio import npy_bytes
 
 PRESETS = {"tiny": {"episodes": 1, "episode_frames": 40, "seconds": 0.3, "sizes": (64, 256)},  # tests
            "small": {"episodes": 4, "episode_frames": 96, "seconds": 3.0, "sizes": (64, 256)},

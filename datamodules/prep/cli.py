@@ -48,7 +48,7 @@ def _bytes_arg(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from slowfast_vgen.datamodules.videoio import PIX_FMTS, VIDEO_KINDS
+    from slowfast_vgen.datamodules.shards.videoio import PIX_FMTS, VIDEO_KINDS
     from slowfast_vgen.simulators.vizdoom import POLICIES
 
     parser = ArgumentParser(prog="sfvgen data", description="Turn videos and action logs into shards; check shards.")
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "build":
-        from slowfast_vgen.datamodules.build import build_shards
+        from slowfast_vgen.datamodules.prep.build import build_shards
 
         out = build_shards(args.videos, args.actions, args.out, video=args.video, crf=args.crf, gop=args.gop,
                            pix_fmt=args.pix_fmt, fps=args.fps, size=args.size, segment_frames=args.segment_frames,
@@ -136,20 +136,20 @@ def main(argv: list[str] | None = None) -> int:
                            first_frame_only=args.first_frame_only, limit_shards=args.limit_shards,
                            overwrite=args.overwrite, progress=not args.no_progress, gt=args.gt)
     elif args.command == "verify":
-        from slowfast_vgen.datamodules.shards import verify_shards
+        from slowfast_vgen.datamodules.shards.format import verify_shards
 
         out = verify_shards(args.shards, deep=args.deep)
         print(json.dumps(out, indent=1))
         return 0 if out["ok"] else 1
     elif args.command == "record":
-        from slowfast_vgen.datamodules.vizdoom_recorder import record_shards
+        from slowfast_vgen.datamodules.prep.record import record_shards
 
         out = record_shards(args.out, episodes=args.episodes, policy=args.policy, seed=args.seed, loops=args.loops,
                             scenario=args.scenario, doom_map=args.map, resolution=args.resolution, video=args.video,
                             shard_bytes=args.shard_size, limit_shards=args.limit_shards, overwrite=args.overwrite,
                             progress=not args.no_progress)
     elif args.command == "convert":
-        from slowfast_vgen.datamodules import convert
+        from slowfast_vgen.datamodules.prep import convert
 
         if args.layout == "generic":
             out = convert.convert_generic(args.src, args.out, domain=args.domain)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                          turn_threshold=args.turn_threshold,
                                          idle=None if args.idle.lower() == "none" else args.idle, domain=args.domain)
     else:
-        from slowfast_vgen.datamodules.latent_cache import cache_latents
+        from slowfast_vgen.datamodules.prep.latent_cache import cache_latents
 
         path = cache_latents(args.shards, args.cache, make_autoencoder(args.autoencoder), args.resolution, args.dtype)
         out = {"cache": str(path)}

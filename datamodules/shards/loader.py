@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from slowfast_vgen.datamodules.common import stable_seed
-from slowfast_vgen.datamodules.shard_dataset import ShardCollate
+from slowfast_vgen.datamodules.shards.read import ShardCollate
 from slowfast_vgen.errors import UserInputError
 
 log = logging.getLogger("slowfast_vgen.datamodules")

@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from slowfast_vgen.datamodules.build import find_videos
-from slowfast_vgen.datamodules.videoio import probe_video
+from slowfast_vgen.datamodules.prep.build import find_videos
+from slowfast_vgen.datamodules.shards.videoio import probe_video
 from slowfast_vgen.errors import UserInputError
 
 TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")

@@ -5,7 +5,7 @@ A streamed shard set is the same folder (``manifest.json`` + ``shard-*.tar``) be
 first (through ``webdataset.gopen``) for the samples' action spans, sizes and checksums, then the tars stream
 through ``webdataset``: shards are split by node (``split_by_node``) and by DataLoader worker
 (``split_by_worker``), each sample is checked against the manifest (crc32, metadata) and cut into clips by the
-same rules as the indexed reader (:class:`~slowfast_vgen.datamodules.shard_dataset.ClipCutter`), and clips pass a
+same rules as the indexed reader (:class:`~slowfast_vgen.datamodules.shards.read.ClipCutter`), and clips pass a
 shuffle buffer (``webdataset.shuffle``). A sample that fails its checks, or a shard that cannot be read, is
 counted by key and reason (``bad`` of the dataset in the process that read it) and logged; nothing is
 unpickled: members are JSON, video and ``.npy``.
@@ -20,9 +20,9 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from slowfast_vgen.datamodules.shard_dataset import ClipCutter, checked_meta, clip_starts
-from slowfast_vgen.datamodules.shards import MANIFEST, BadSample, load_manifest, parse_manifest, sample_crc
-from slowfast_vgen.datamodules.shardset import FIRST_FRAME_ONLY_DOMAINS
+from slowfast_vgen.datamodules.shards.read import ClipCutter, checked_meta, clip_starts
+from slowfast_vgen.datamodules.shards.format import MANIFEST, BadSample, load_manifest, parse_manifest, sample_crc
+from slowfast_vgen.datamodules.shards.write import FIRST_FRAME_ONLY_DOMAINS
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed
 

@@ -372,7 +372,7 @@ def verify_shards(root: str | Path, deep: bool = False) -> dict[str, Any]:
     Checks each shard's presence, size and sha256; for a shard that fails, each sample's crc32 (to name the
     bad samples). ``deep`` also parses every sample's metadata and decodes its video.
     """
-    from slowfast_vgen.datamodules.videoio import VIDEO_MEMBERS, decode_frames, load_npy
+    from slowfast_vgen.datamodules.shards.videoio import VIDEO_MEMBERS, decode_frames, load_npy
 
     root = Path(root)
     manifest = load_manifest(root, require_complete=False)
