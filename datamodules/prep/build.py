@@ -111,21 +111,29 @@ def read_gt_file(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"ground-truth file {path} not found")
-    out: dict[str, dict[str, Any]] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserInputError(f"ground-truth file {path}: not UTF-8 text (byte {err.start})") from None
+    rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}:{n}"
         try:
-            obj = json.loads(line)
+            rows.append((f"{path}:{n}", json.loads(line)))
         except json.JSONDecodeError as err:
-            raise UserInputError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict) or not str(obj.get("video") or "").strip() or obj.get("frame") is None:
-            raise UserInputError(f"{where}: expected an object with video, frame and pose fields, got {line[:80]!r}")
+            raise UserInputError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    return parse_gt_rows(rows)
+
+
+def parse_gt_rows(rows) -> dict[str, dict[str, Any]]:
+    """Ground-truth rows ``(where, object)`` -> video -> ``{"pose_names", "pose", "revisits"}``; a bad row is a
+    one-line error naming ``where`` (file and row) and the field."""
+    out: dict[str, dict[str, Any]] = {}
+    for where, obj in rows:
+        if not isinstance(obj, dict) or not str(obj.get("video") or "").strip() or obj.get("frame") in (None, ""):
+            raise UserInputError(f"{where}: expected an object with video, frame and pose fields, "
+                                 f"got {json.dumps(obj)[:80]!r}")
         frame = int(_number(obj["frame"], "frame", where))
         names = [k for k in obj if k not in GT_RESERVED]
         entry = out.setdefault(str(obj["video"]).strip(), {"pose_names": names, "pose": {}, "revisits": {}})
@@ -148,7 +156,7 @@ def read_gt_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _check_gt(entry: dict[str, Any], video: str) -> None:
+def check_gt(entry: dict[str, Any], video: str) -> None:
     """Rows for frames 0 .. N-1 without a gap (checked before anything of the video is written)."""
     frames = sorted(entry["pose"])
     gap = next((i for i, f in enumerate(frames) if f != i), None)
@@ -279,7 +287,7 @@ def build_shards(
                 entry = truth.get(rel) or truth.get(path.stem) or truth.get(vrows[0]["video"])
                 flag = {"extra": 0}
                 if entry:
-                    _check_gt(entry, rel)
+                    check_gt(entry, rel)
                     frames = _gt_frames(frames, entry, flag)
                 counts = writer.write_episode(episode, frames, out_fps, sorted(spans), dom, ffo,
                                               _gt_segments(entry) if entry else None, source={"video": rel})

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("--out", required=True)
     c.add_argument("--domain", default="generic")
+    c.add_argument("--gt-out", default=None, help="also gather X.poses.{jsonl,csv} sidecars (frame, pose fields, "
+                   "optional revisit_of) into this ground-truth file for `build --gt`")
     c = conv.add_parser("epic", help="EPIC-KITCHENS-style narration CSV")
     c.add_argument("csv")
     c.add_argument("--videos", required=True, help="folder holding <video_id>.MP4 files")
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--turn-threshold", type=float, default=40.0, help="mouse pixels per second that count as a turn")
     c.add_argument("--idle", default="stay", help="text for bins without input ('none': leave them unlabelled)")
     c.add_argument("--domain", default="game")
+    c.add_argument("--gt-out", default=None, help="also gather X.poses.{jsonl,csv} sidecars (frame, pose fields, "
+                   "optional revisit_of) into this ground-truth file for `build --gt`")
 
     p = sub.add_parser("cache-latents", help="encode a shard set once with the frozen autoencoder")
     p.add_argument("shards")
@@ -152,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         from slowfast_vgen.datamodules.prep import convert
 
         if args.layout == "generic":
-            out = convert.convert_generic(args.src, args.out, domain=args.domain)
+            out = convert.convert_generic(args.src, args.out, domain=args.domain, gt_out=args.gt_out)
         elif args.layout == "epic":
             out = convert.convert_epic(args.csv, args.videos, args.out, domain=args.domain)
         else:
             out = convert.convert_keylog(args.src, args.out, bin_seconds=args.bin, keymap=args.keymap,
                                          turn_threshold=args.turn_threshold,
-                                         idle=None if args.idle.lower() == "none" else args.idle, domain=args.domain)
+                                         idle=None if args.idle.lower() == "none" else args.idle, domain=args.domain,
+                                         gt_out=args.gt_out)
     else:
         from slowfast_vgen.datamodules.prep.latent_cache import cache_latents
 

@@ -10,6 +10,12 @@
 * ``keylog``: each video ``X.mp4`` has ``X.keylog.{jsonl,csv}`` with keyboard/mouse events
   (``t, type, key, dx, dy``); held keys and mouse motion in each time bin become text actions such as
   "go forward", "go left", "turn right", "go forward and turn left" (paper Sec. 3.1.2, Unreal/Minecraft).
+
+Ground truth (``generic`` and ``keylog``, ``--gt-out FILE``): a video ``X.mp4`` may also have ``X.poses.{jsonl,csv,tsv}``
+with one row per frame, ``frame`` plus numeric pose fields (e.g. ``x, y, angle``) and an optional ``revisit_of``
+(an earlier frame showing the same place). They are gathered into one ground-truth file in the format of
+``sfvgen data build --gt`` (each row gets its video's path) and checked as ``build`` checks it: numbers only, the
+same fields in every row of a video, one row per frame from 0 without a gap.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from slowfast_vgen.datamodules.prep.build import find_videos
+from slowfast_vgen.datamodules.prep.build import check_gt, find_videos, parse_gt_rows
 from slowfast_vgen.datamodules.shards.videoio import probe_video
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.io import atomic_path
 
 TIME_RE = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")
 
@@ -97,14 +104,46 @@ def _sidecar(video: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def write_action_file(rows: list[dict[str, Any]], out: str | Path) -> Path:
+    """JSONL rows, written whole or not at all (a temporary sibling renamed at the end)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with atomic_path(out) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
 
-def convert_generic(src: str | Path, out: str | Path, domain: str = "generic") -> dict[str, Any]:
-    """Videos with timestamped-action sidecars -> action file. Returns counts."""
+def collect_gt(src: Path, videos: list[Path], gt_out: str | Path) -> dict[str, Any]:
+    """The ``X.poses.*`` sidecars of ``videos`` -> one ``data build --gt`` file at ``gt_out`` (see the module doc).
+
+    Every sidecar is parsed and checked by build's own rules before the file is written; a bad row is one error
+    naming the sidecar, its row and the field. Returns ``{"gt": path, "gt_videos": n, "no_gt": [names]}``.
+    """
+    rows, missing = [], []
+    for video in videos:
+        side = _sidecar(video, (".poses",))
+        if side is None or side.suffix.lower() == ".txt":
+            missing.append(video.name)
+            continue
+        for where, row in _rows(side):
+            if not isinstance(row, dict):
+                raise UserInputError(f"{where}: expected an object with frame and pose fields, got {row!r}")
+            # CSV cells are text: numbers become numbers, an empty revisit_of means none; anything else is left
+            # for the checks below to name
+            obj = {k: float(v) if isinstance(v, str) and _is_number(v.strip()) else v for k, v in row.items()
+                   if k != "video" and not (k == "revisit_of" and v in (None, ""))}
+            rows.append((where, {"video": video.relative_to(src).as_posix(), **obj}))
+    if not rows:
+        raise UserInputError(f"--gt-out: no video under {src} has a pose sidecar (X.mp4 + X.poses.jsonl/csv)")
+    truth = parse_gt_rows(rows)
+    for video, entry in truth.items():
+        check_gt(entry, video)
+    with atomic_path(gt_out) as tmp:
+        tmp.write_text("".join(json.dumps(obj) + "\n" for _, obj in rows))
+    return {"gt": str(gt_out), "gt_videos": len(truth), "no_gt": missing}
+
+
+def convert_generic(src: str | Path, out: str | Path, domain: str = "generic",
+                    gt_out: str | Path | None = None) -> dict[str, Any]:
+    """Videos with timestamped-action sidecars -> action file (and their pose sidecars -> ``gt_out``). Returns counts."""
     src = Path(src)
     videos = sorted(set(find_videos(src).values()))
     rows, unlabelled = [], []
@@ -134,8 +173,9 @@ def convert_generic(src: str | Path, out: str | Path, domain: str = "generic") -
                          "domain": domain})
     if not rows:
         raise UserInputError(f"no video under {src} has an action sidecar (X.mp4 + X.actions.jsonl/csv/txt)")
+    gt = collect_gt(src, videos, gt_out) if gt_out is not None else {}
     write_action_file(rows, out)
-    return {"out": str(out), "videos": len(videos) - len(unlabelled), "rows": len(rows), "unlabelled": unlabelled}
+    return {"out": str(out), "videos": len(videos) - len(unlabelled), "rows": len(rows), "unlabelled": unlabelled, **gt}
 
 
 def convert_epic(csv_path: str | Path, videos: str | Path, out: str | Path, domain: str = "human") -> dict[str, Any]:
@@ -244,8 +284,9 @@ def keylog_to_actions(events: list[tuple[str, dict[str, Any]]], duration: float,
 
 
 def convert_keylog(src: str | Path, out: str | Path, bin_seconds: float = 0.25, keymap: str | Path | None = None,
-                   turn_threshold: float = 40.0, idle: str | None = "stay", domain: str = "game") -> dict[str, Any]:
-    """Videos with keyboard/mouse log sidecars (``X.keylog.jsonl/csv``) -> action file."""
+                   turn_threshold: float = 40.0, idle: str | None = "stay", domain: str = "game",
+                   gt_out: str | Path | None = None) -> dict[str, Any]:
+    """Videos with keyboard/mouse log sidecars (``X.keylog.jsonl/csv``) -> action file (pose sidecars -> ``gt_out``)."""
     src = Path(src)
     mapping = None
     if keymap is not None:
@@ -268,5 +309,6 @@ def convert_keylog(src: str | Path, out: str | Path, bin_seconds: float = 0.25, 
                          "action": text, "domain": domain})
     if not rows:
         raise UserInputError(f"no video under {src} has a keyboard/mouse log (X.mp4 + X.keylog.jsonl/csv)")
+    gt = collect_gt(src, videos, gt_out) if gt_out is not None else {}
     write_action_file(rows, out)
-    return {"out": str(out), "videos": len(videos) - len(unlabelled), "rows": len(rows), "unlabelled": unlabelled}
+    return {"out": str(out), "videos": len(videos) - len(unlabelled), "rows": len(rows), "unlabelled": unlabelled, **gt}

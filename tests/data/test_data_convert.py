@@ -103,3 +103,39 @@ def test_keylog_cli_with_custom_keymap(tmp_path, capsys):
         (tmp_path / "bad.json").write_text("[1]")
         cli.main(["convert", "keylog", str(src), "--out", str(tmp_path / "k.jsonl"), "--keymap",
                   str(tmp_path / "bad.json")])
+
+
+def test_generic_pose_sidecars_become_build_ground_truth(tmp_path):
+    """`convert generic --gt-out`: X.poses.{csv,jsonl} -> one `build --gt` file; bad rows name sidecar, row, field."""
+    src = tmp_path / "src"
+    write_video(src / "a.mp4", video_frames(0, 6, 16, 16), fps=10)
+    write_video(src / "b.mp4", video_frames(1, 4, 16, 16), fps=10)
+    write_video(src / "c.mp4", video_frames(2, 4, 16, 16), fps=10)  # actions, no poses: reported
+    for name in "abc":
+        (src / f"{name}.actions.txt").write_text("0 go left\n")
+    (src / "a.poses.csv").write_text("frame,x,y,revisit_of\n" + "".join(
+        f"{f},{[0, 2, 4, 4, 2, 0][f]},1.5,{'' if f < 5 else 0}\n" for f in range(6)))
+    (src / "b.poses.jsonl").write_text("".join(json.dumps({"frame": f, "x": f, "y": 0}) + "\n" for f in range(4)))
+    out = tmp_path / "out"
+    assert cli.main(["convert", "generic", str(src), "--out", str(out / "actions.jsonl"),
+                     "--gt-out", str(out / "poses.jsonl")]) == 0
+    got = rows(out / "poses.jsonl")
+    assert got[0] == {"video": "a.mp4", "frame": 0.0, "x": 0.0, "y": 1.5}
+    assert got[5] == {"video": "a.mp4", "frame": 5.0, "x": 0.0, "y": 1.5, "revisit_of": 0.0}
+    assert [r["video"] for r in got].count("b.mp4") == 4 and "c.mp4" not in {r["video"] for r in got}
+    summary = build_shards(src, out / "actions.jsonl", tmp_path / "shards", video="npy", progress=False,
+                           gt=out / "poses.jsonl")
+    assert summary["num_episodes"] == 3
+    bad = {"pose field 'x'": "1,abc,1.5,\n", "frame 0 of 'a.mp4' appears twice": "0,2,1.5,\n"}
+    for what, line in bad.items():
+        (src / "a.poses.csv").write_text("frame,x,y,revisit_of\n0,0,1.5,\n" + line)
+        before = (out / "poses.jsonl").read_bytes()
+        with pytest.raises(UserInputError) as err:
+            cli.main(["convert", "generic", str(src), "--out", str(out / "actions.jsonl"),
+                      "--gt-out", str(out / "poses.jsonl")])
+        assert "a.poses.csv:3" in str(err.value) and what in str(err.value), str(err.value)
+        assert (out / "poses.jsonl").read_bytes() == before  # nothing half-written over the good file
+    (src / "a.poses.csv").write_text("frame,x,y\n0,0,1\n2,0,1\n")  # no row for frame 1
+    with pytest.raises(UserInputError, match=r"'a\.mp4' has no row for frame 1"):
+        convert_generic(src, tmp_path / "x.jsonl", gt_out=tmp_path / "x.gt.jsonl")
+    assert not (tmp_path / "x.gt.jsonl").exists() and not (tmp_path / "x.jsonl").exists()
