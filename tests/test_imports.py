@@ -117,3 +117,12 @@ def test_no_cycles_between_the_packages():
             graph.setdefault(d, set())
     found = cycles(graph)
     assert not found, "package cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_shard_readers_never_import_the_data_tools():
+    """datamodules/shards (the training path) < datamodules/prep (the `sfvgen data` tools), lazy imports included."""
+    graph = import_graph()
+    shards, prep = "slowfast_vgen.datamodules.shards", "slowfast_vgen.datamodules.prep"
+    assert any(m.startswith(shards + ".") for m in graph) and any(m.startswith(prep + ".") for m in graph)
+    wrong = {m: sorted(d for d in deps if d.startswith(prep)) for m, deps in graph.items() if m.startswith(shards)}
+    assert not any(wrong.values()), wrong

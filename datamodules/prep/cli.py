@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                          idle=None if args.idle.lower() == "none" else args.idle, domain=args.domain,
                                          gt_out=args.gt_out)
     else:
-        from slowfast_vgen.datamodules.prep.latent_cache import cache_latents
+        from slowfast_vgen.datamodules.shards.latent_cache import cache_latents
 
         path = cache_latents(args.shards, args.cache, make_autoencoder(args.autoencoder), args.resolution, args.dtype)
         out = {"cache": str(path)}

@@ -86,7 +86,7 @@ class ShardDataModule(L.LightningDataModule):
         roots = _roots(self.hparams.train_shards if split == "train" else self.hparams.val_shards)
         if not self.hparams.latent_cache:
             return roots
-        from slowfast_vgen.datamodules.prep.latent_cache import cache_dir
+        from slowfast_vgen.datamodules.shards.latent_cache import cache_dir
 
         if self.autoencoder is None:
             raise UserInputError("latent_cache is set but no autoencoder was given (ShardDataModule(autoencoder=...) "
@@ -97,7 +97,7 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.hparams.latent_cache:
             return
-        from slowfast_vgen.datamodules.prep.latent_cache import cache_latents
+        from slowfast_vgen.datamodules.shards.latent_cache import cache_latents
 
         for split in ("train", "val"):
             for root in _roots(self.hparams.train_shards if split == "train" else self.hparams.val_shards):
