@@ -30,7 +30,7 @@ def build_system(config: str, weights: str | None = None) -> L.LightningModule:
 
 def run_condition(
     system: L.LightningModule, episodes: Any, temp_lora: dict | None, steps: int | None = None,
-    single_frame_context: bool = False, src: SceneRevisitConsistency | None = None, progress: bool = False,
+    single_frame_context: bool = False, src: SceneRevisitConsistency | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Generate and score ``episodes`` under one setting; returns means and standard deviations."""
     old_steps, old_context = system.sampler.num_inference_steps, system.generator.context_frames

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -156,8 +157,10 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> dict[str, 
         metrics["FVD"] = FVD()
     from slowfast_vgen.generation.long_video import chunk_action
 
+    from tqdm.auto import tqdm
+
     f_g, f_p = system.generator.chunk_frames, system.generator.context_frames
-    for i in range(len(episodes)):
+    for i in tqdm(range(len(episodes)), desc="Table 1: chunks from real context", unit="episode", file=sys.stderr):
         ep = episodes[i]
         real = ep["frames"]  # (T, C, H, W): first frame, then the chunks (f_g frames, or (text, n) of a recording)
         start = 1
