@@ -130,6 +130,9 @@ def collect_gt(src: Path, videos: list[Path], gt_out: str | Path) -> dict[str, A
             # for the checks below to name
             obj = {k: float(v) if isinstance(v, str) and _is_number(v.strip()) else v for k, v in row.items()
                    if k != "video" and not (k == "revisit_of" and v in (None, ""))}
+            for k in ("frame", "revisit_of"):  # frame indices stay integers in the file
+                if isinstance(obj.get(k), float) and obj[k].is_integer():
+                    obj[k] = int(obj[k])
             rows.append((where, {"video": video.relative_to(src).as_posix(), **obj}))
     if not rows:
         raise UserInputError(f"--gt-out: no video under {src} has a pose sidecar (X.mp4 + X.poses.jsonl/csv)")

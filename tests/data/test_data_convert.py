@@ -120,8 +120,8 @@ def test_generic_pose_sidecars_become_build_ground_truth(tmp_path):
     assert cli.main(["convert", "generic", str(src), "--out", str(out / "actions.jsonl"),
                      "--gt-out", str(out / "poses.jsonl")]) == 0
     got = rows(out / "poses.jsonl")
-    assert got[0] == {"video": "a.mp4", "frame": 0.0, "x": 0.0, "y": 1.5}
-    assert got[5] == {"video": "a.mp4", "frame": 5.0, "x": 0.0, "y": 1.5, "revisit_of": 0.0}
+    assert got[0] == {"video": "a.mp4", "frame": 0, "x": 0.0, "y": 1.5}
+    assert got[5] == {"video": "a.mp4", "frame": 5, "x": 0.0, "y": 1.5, "revisit_of": 0}
     assert [r["video"] for r in got].count("b.mp4") == 4 and "c.mp4" not in {r["video"] for r in got}
     summary = build_shards(src, out / "actions.jsonl", tmp_path / "shards", video="npy", progress=False,
                            gt=out / "poses.jsonl")
