@@ -55,7 +55,6 @@ def test_components_time_each_phase_and_compose_the_per_chunk_ratio():
     assert r["memory_ratio"]["merged"] > 0 and r["update_in_sampling_steps"] > 0
 
 
-
 def test_the_end_to_end_children_run_the_same_cheaper_update():
     """--end-to-end runs each mode in a child process: the child gets the parent's cheaper-update flags."""
     from slowfast_vgen.generation import bench

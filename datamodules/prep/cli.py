@@ -47,6 +47,10 @@ def _bytes_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+GT_OUT_HELP = ("also gather X.poses.{jsonl,csv} sidecars (frame, pose fields, optional revisit_of) into this "
+               "ground-truth file for `build --gt`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slowfast_vgen.datamodules.shards.videoio import PIX_FMTS, VIDEO_KINDS
     from slowfast_vgen.simulators.vizdoom import POLICIES
@@ -102,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("--out", required=True)
     c.add_argument("--domain", default="generic")
-    c.add_argument("--gt-out", default=None, help="also gather X.poses.{jsonl,csv} sidecars (frame, pose fields, "
-                   "optional revisit_of) into this ground-truth file for `build --gt`")
+    c.add_argument("--gt-out", default=None, help=GT_OUT_HELP)
     c = conv.add_parser("epic", help="EPIC-KITCHENS-style narration CSV")
     c.add_argument("csv")
     c.add_argument("--videos", required=True, help="folder holding <video_id>.MP4 files")
@@ -117,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--turn-threshold", type=float, default=40.0, help="mouse pixels per second that count as a turn")
     c.add_argument("--idle", default="stay", help="text for bins without input ('none': leave them unlabelled)")
     c.add_argument("--domain", default="game")
-    c.add_argument("--gt-out", default=None, help="also gather X.poses.{jsonl,csv} sidecars (frame, pose fields, "
-                   "optional revisit_of) into this ground-truth file for `build --gt`")
+    c.add_argument("--gt-out", default=None, help=GT_OUT_HELP)
 
     p = sub.add_parser("cache-latents", help="encode a shard set once with the frozen autoencoder")
     p.add_argument("shards")

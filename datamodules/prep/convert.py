@@ -11,8 +11,8 @@
   (``t, type, key, dx, dy``); held keys and mouse motion in each time bin become text actions such as
   "go forward", "go left", "turn right", "go forward and turn left" (paper Sec. 3.1.2, Unreal/Minecraft).
 
-Ground truth (``generic`` and ``keylog``, ``--gt-out FILE``): a video ``X.mp4`` may also have ``X.poses.{jsonl,csv,tsv}``
-with one row per frame, ``frame`` plus numeric pose fields (e.g. ``x, y, angle``) and an optional ``revisit_of``
+Ground truth (``generic`` and ``keylog``, ``--gt-out FILE``): a video ``X.mp4`` may also have
+``X.poses.{jsonl,csv,tsv}`` with one row per frame, ``frame`` plus numeric pose fields (e.g. ``x, y, angle``) and an optional ``revisit_of``
 (an earlier frame showing the same place). They are gathered into one ground-truth file in the format of
 ``sfvgen data build --gt`` (each row gets its video's path) and checked as ``build`` checks it: numbers only, the
 same fields in every row of a video, one row per frame from 0 without a gap.
@@ -146,7 +146,7 @@ def collect_gt(src: Path, videos: list[Path], gt_out: str | Path) -> dict[str, A
 
 def convert_generic(src: str | Path, out: str | Path, domain: str = "generic",
                     gt_out: str | Path | None = None) -> dict[str, Any]:
-    """Videos with timestamped-action sidecars -> action file (and their pose sidecars -> ``gt_out``). Returns counts."""
+    """Videos with timestamped-action sidecars -> action file (their pose sidecars -> ``gt_out``). Returns counts."""
     src = Path(src)
     videos = sorted(set(find_videos(src).values()))
     rows, unlabelled = [], []

@@ -143,7 +143,8 @@ class MaskedDiffusion:
             t.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
             u.append(torch.rand(2, generator=g))
             noise.append(torch.randn(z0.shape[1:], generator=g))
-            full.append(cfg_dropout and self.p_full_noise > 0 and float(torch.rand((), generator=g)) < self.p_full_noise)
+            draw = cfg_dropout and self.p_full_noise > 0  # drawn last: p = 0 leaves the other draws as they were
+            full.append(draw and float(torch.rand((), generator=g)) < self.p_full_noise)
         t = torch.cat(t).to(z0.device)  # (B,)
         noise = torch.stack(noise).to(z0.device, z0.dtype)  # (B, C, F, h, w)
         u = torch.stack(u).to(z0.device)  # (B, 2)

@@ -199,7 +199,8 @@ def measure_memory(
         m = mask.to(z0.device)[None, None]  # (1, 1, F, h, w)
         inputs = []
         for t_val in timesteps:
-            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(stable_seed("memory-noise", seed, salt, t_val)))
+            g = torch.Generator().manual_seed(stable_seed("memory-noise", seed, salt, t_val))
+            noise = torch.randn(z0.shape, generator=g)
             noise = noise.to(z0.device, z0.dtype)
             t = torch.full((1,), t_val, dtype=torch.long, device=z0.device)
             noisy = diffusion.add_noise(z0, noise, t)
