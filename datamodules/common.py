@@ -13,6 +13,20 @@ Every datamodule yields samples (dicts) with:
 :class:`MixedLengthCollate` batches them: ``video`` -> ``(B, T, C, H, W)``, ``n_context`` and ``seed`` ->
 ``(B,)`` long tensors, ``action`` -> list of B strings, after cropping every sample of the batch to one
 length drawn in ``[min_frames, max_frames]`` (paper App. C.1: mixed lengths inside a 32-frame window).
+
+**The episode contract** (one long video with its action stream; :func:`check_episode`): what the built-in
+world (``simulators.world.revisit_episode``), recorded shard episodes (``datamodules.recorded``), the planning
+tasks (``planning.tasks.Episode.as_dict``) produce, and what long-video generation (``predict``), the revisit
+benchmark, the tables and the slow-fast loop (Alg. 1b) consume. A dict with
+
+* ``frames``: float ``(T, C, H, W)`` in [0, 1], the real video; ``first``: its first ``k >= 1`` frames (the
+  start the generator is given);
+* ``actions``: one per chunk after ``first``: a text (a chunk of ``chunk_frames`` frames) or ``(text, n)`` (a
+  chunk of ``n`` frames, where a recording's actions change), so ``k + sum(n) == T``;
+* ``seed``: int, the episode's number (the generation seed derives from it);
+* optional: ``revisits`` (pairs ``(i, [j, ...])``: frame j shows the place of earlier frame i), ``positions`` or
+  ``poses`` (one row per frame), ``fps`` (frames per second), ``domain`` (e.g. ``"world"``, ``"vizdoom"``),
+  ``episode`` (a name), task extras (``steps``, ``info``).
 """
 
 from __future__ import annotations
@@ -25,6 +39,58 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed  # noqa: F401 (the datamodules' seeds)
+
+
+EPISODE_KEYS = ("first", "frames", "actions", "seed")
+
+
+def check_episode(ep: Any, chunk_frames: int | None = None, where: str = "episode") -> Any:
+    """Check ``ep`` against the episode contract (module docstring); return it unchanged.
+
+    ``chunk_frames``: the length of a chunk whose action is a bare text (needed to check the total length when
+    some are). Every failure is one :class:`UserInputError` naming the key, the value and what was expected.
+    """
+    if not hasattr(ep, "keys"):
+        raise UserInputError(f"{where}: expected a dict with {list(EPISODE_KEYS)}, got {type(ep).__name__}")
+    missing = [k for k in EPISODE_KEYS if k not in ep]
+    if missing:
+        raise UserInputError(f"{where}: missing {missing}; an episode holds {list(EPISODE_KEYS)} "
+                             f"(the episode contract, datamodules/common.py)")
+    frames, first = ep["frames"], ep["first"]
+    if not (torch.is_tensor(frames) and frames.ndim == 4 and frames.is_floating_point()):
+        shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
+        raise UserInputError(f"{where}: frames must be a float (T, C, H, W) tensor in [0, 1], got {shape}")
+    t = frames.shape[0]
+    if not (torch.is_tensor(first) and first.ndim == 4 and 1 <= first.shape[0] <= t
+            and first.shape[1:] == frames.shape[1:]):
+        shape = tuple(first.shape) if torch.is_tensor(first) else type(first).__name__
+        raise UserInputError(f"{where}: first must be the first k >= 1 frames, (k, {', '.join(map(str, frames.shape[1:]))}), "
+                             f"got {shape}")
+    lengths = []
+    for c, a in enumerate(ep["actions"]):
+        if isinstance(a, str):
+            lengths.append(chunk_frames)
+        elif isinstance(a, (tuple, list)) and len(a) == 2 and isinstance(a[0], str) and int(a[1]) >= 1:
+            lengths.append(int(a[1]))
+        else:
+            raise UserInputError(f"{where}: actions[{c}] = {a!r}; expected a text or (text, frames >= 1)")
+    if None not in lengths and first.shape[0] + sum(lengths) != t:
+        raise UserInputError(f"{where}: {first.shape[0]} first frame(s) + chunks of {sum(lengths)} frames != the "
+                             f"{t} frames of the episode")
+    for i, js in ep.get("revisits") or []:
+        bad = [j for j in js if not 0 <= int(i) < int(j) < t]
+        if bad:
+            raise UserInputError(f"{where}: revisit pair ({i}, {bad}) outside 0 <= first visit < later visit < {t}")
+    for key in ("positions", "poses"):
+        rows = ep.get(key)
+        if rows is not None and len(rows) not in (0, t):
+            raise UserInputError(f"{where}: {key} has {len(rows)} rows for {t} frames (one per frame, or none)")
+    fps = ep.get("fps")
+    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
+        raise UserInputError(f"{where}: fps = {fps!r}; expected a positive number")
+    if ep.get("domain") is not None and not isinstance(ep["domain"], str):
+        raise UserInputError(f"{where}: domain = {ep['domain']!r}; expected a name")
+    return ep
 
 
 class MixedLengthCollate:

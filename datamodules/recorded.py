@@ -162,7 +162,7 @@ class RecordedRevisitDataset(Dataset):
         end = chunks[-1][1]
         return {"first": video[:1], "frames": video[:end], "actions": [(t, b - a) for a, b, t in chunks],
                 "revisits": [(i, [j for j in js if j < end]) for i, js in revisits], "seed": self.first_episode + index,
-                "episode": ep["episode"], "pose_names": names,
+                "episode": ep["episode"], "pose_names": names, "domain": ep["domain"], "fps": float(ep["fps"]),
                 "poses": torch.tensor(poses[:end] if has_poses else [], dtype=torch.float64)}
 
 

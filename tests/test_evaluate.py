@@ -15,7 +15,7 @@ EVALS = sorted((REPO / "experiments" / "eval").glob("*.yaml"))
 REVISIT_EVALS = [p for p in EVALS if not p.name.startswith("table2")]
 TINY = ["benchmark.episodes=2", "benchmark.chunks_out=1", "settings.steps=2", "settings.rank=4",
         "settings.lrs=[0.001]", "settings.ranks=[4]", "settings.sweep=[1,2]", "model.weights=null"]
-EXPECTED = {"table1": ["Ours (wo/ Temp-LoRA)", "Ours SlowFast-VGen"],
+EXPECTED = {"table1": ["Ours (wo/ Temp-LoRA)", "Ours SlowFast-VGen", "Copy the last context frame (reference)"],
             "table4": ["Ours (w original Temp-LoRA)", "Ours (wo Local Learning Rule)", "Ours (wo Chunk Input)",
                        "Ours (wo/ Temp-LoRA)", "Ours SlowFast-VGen"],
             "table6_8": ["lr=0.001 rank=4", "wo Temp-LoRA"], "table9": ["1 steps", "2 steps"]}
@@ -44,7 +44,15 @@ def test_eval_config_runs_at_tiny_size(path, tmp_path, recorded_shards, monkeypa
     assert (tmp_path / "table.md").read_text().startswith("| setting |")
     assert (tmp_path / "table.csv").read_text().count("\n") == len(EXPECTED[table]) + 1
     for row in result["rows"]:
+        if "reference" in row["setting"]:  # Table 1's trivial predictor: chunk scores only
+            assert "SCuts" not in row and row["PSNR_std"] >= 0 and 0 <= row["LPIPS"] <= 100
+            continue
         assert 0 <= row["SCuts"] and -100 <= row["SRC"] <= 100
+    if table == "table1":  # chunk scores per episode, with their spread over the 2 episodes
+        ours = result["rows"][1]
+        assert all(ours[f"{k}_std"] > 0 for k in ("PSNR", "SSIM", "LPIPS")) and ours["PSNR"] != result["rows"][2]["PSNR"]
+        header, _, _, line = (tmp_path / "table.md").read_text().splitlines()[:4]
+        assert "±" in line.split("|")[header.split("|").index(" PSNR ")]  # Ours' PSNR cell
 
 
 def test_bad_eval_config_names_the_key(tmp_path):

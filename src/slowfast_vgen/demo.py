@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--chunks-out", type=positive_int, default=3, help="chunks away from the start before returning")
     parser.add_argument("--steps", type=positive_int, default=20, help="DPM-Solver steps per chunk (paper: 20)")
+    parser.add_argument("--noised-context-steps", type=int, default=None,
+                        help="the first N sampling steps see the context noised to their level (Temp-LoRA's regime; "
+                             "both arms); default: the config's (0, the paper's clean context)")
     lora_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     system, world, model_info = build_demo_system(args.config, args.weights, args.train_minutes, args.out)
     system.sampler.num_inference_steps = args.steps
+    if args.noised_context_steps is not None:
+        if args.noised_context_steps < 0:
+            raise UserInputError(f"--noised-context-steps must be >= 0, got {args.noised_context_steps}")
+        system.sampler.noised_context_steps = args.noised_context_steps
     chunk = system.generator.chunk_frames
     if args.shards is not None:
         from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_frames": chunk, "context_frames": system.generator.context_frames, "chunks_out_and_back": args.chunks_out,
         **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance} if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
+        "noised_context_steps": system.sampler.noised_context_steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
         "temp_lora": {"variant": "temp-lora", "target_modules": ",".join(DEFAULT_TARGETS), **lora}, "world": world,
         "src_protocol": src.protocol(), "seconds": None,

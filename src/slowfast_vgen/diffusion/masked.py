@@ -74,6 +74,9 @@ class MaskedDiffusion:
             every frame noised, the loss on all of them, the null text. Off in the paper's slow learning
             (default 0); a model that never saw such clips is asked by Eq. 3 to learn in a regime it does not
             know (issue 13, docs/memory.md). Drawn after the sample's noise, so 0 leaves every draw unchanged.
+        full_noise_text: full-noise clips keep their text (and its usual dropout, ``p_drop_text``) instead of
+            the null text, so that Phi also learns the regime under an action: what a sampler that sees its
+            context noised (``ChunkSampler(noised_context_steps=...)``) asks of it. Off: Eq. 3's input exactly.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class MaskedDiffusion:
         p_drop_text: float = 0.15,
         prediction_type: str = "epsilon",
         p_full_noise: float = 0.0,
+        full_noise_text: bool = False,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise UserInputError(f"MaskedDiffusion: prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
@@ -101,6 +105,7 @@ class MaskedDiffusion:
         )
         self.num_train_timesteps = num_train_timesteps
         self.p_drop_image, self.p_drop_text, self.p_full_noise = p_drop_image, p_drop_text, p_full_noise
+        self.full_noise_text = full_noise_text
 
     def scheduler_config(self) -> dict:
         """The schedule, for building an inference scheduler with identical betas."""
@@ -151,9 +156,10 @@ class MaskedDiffusion:
         drop_image = (u[:, 0] < self.p_drop_image) if cfg_dropout else torch.zeros(b, dtype=torch.bool)
         drop_text = (u[:, 1] < self.p_drop_text) if cfg_dropout else torch.zeros(b, dtype=torch.bool)
         full = torch.tensor(full, dtype=torch.bool, device=n_context.device)
-        # Eq. 3's regime (p_full_noise): no clean frame, no text
+        # Eq. 3's regime (p_full_noise): no clean frame, no text (unless full_noise_text)
         n_context = torch.where(full, torch.zeros_like(n_context), n_context)
-        drop_text = drop_text | full.to(drop_text.device)
+        if not self.full_noise_text:
+            drop_text = drop_text | full.to(drop_text.device)
         ctx = context_mask(n_context, f)[:, None, :, None, None]  # (B, 1, F, 1, 1)
         # Eq. 1: z_t = z_{0,:f_p} (+) [sqrt(abar) z_{0,f_p:} + sqrt(1 - abar) eps]
         clean = torch.where(drop_image[:, None, None, None, None].to(z0.device), torch.zeros_like(z0), z0)

@@ -9,6 +9,14 @@ Guidance (App. C.1): eps = eps_uncond + s_img (eps_img - eps_uncond) + s_txt (ep
 s_img = 2 and s_txt = 5; the three branches run as one batched UNet call. With no context (f_p = 0) the
 image branch equals the unconditional one and the rule reduces to text guidance, which is exactly
 ``TextToVideoSDPipeline``'s.
+
+Noised context (``noised_context_steps``, off in the paper): in the first sampling steps the context enters at
+the step's own noise level, z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps_ctx (one eps_ctx per chunk), as in
+the "replacement" sampler of Ho et al.'s Video Diffusion Models. That is the regime Temp-LoRA writes Theta in
+(Eq. 3: the whole clip noised at one t), so the steps that set the layout of the new frames ask the model in the
+regime where its memory is read (issue 13, docs/memory.md Search 8). Those steps use text guidance only (both
+branches see the noised context): a model trained with ``MaskedDiffusion(p_full_noise, full_noise_text=True)``
+knows that regime with and without the action's text.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ class ChunkSampler:
         thresholding: dynamic thresholding of the predicted clean sample (Imagen) to [-max, max]: for
             pixel-space models, whose data lie in [-1, 1]; latent models (ModelScope) leave it off.
         sample_max_value: the bound used by ``thresholding``.
+        noised_context_steps: the first N sampling steps see the context noised to the step's level instead
+            of clean (see the module's docstring); 0 (default) is the paper's sampler.
     """
 
     def __init__(
@@ -64,11 +74,15 @@ class ChunkSampler:
         guidance_text: float = 5.0,
         thresholding: bool = False,
         sample_max_value: float = 1.0,
+        noised_context_steps: int = 0,
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise UserInputError(f"unknown scheduler {scheduler!r}; expected one of {sorted(SCHEDULERS)}")
         if num_inference_steps < 1:
             raise UserInputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if noised_context_steps < 0:
+            raise UserInputError(f"noised_context_steps must be >= 0 (0: the paper's clean context), got {noised_context_steps}")
+        self.noised_context_steps = noised_context_steps
         self.scheduler_name = scheduler
         self.thresholding, self.sample_max_value = thresholding, sample_max_value
         extra = dict(thresholding=True, sample_max_value=sample_max_value) if thresholding else {}
@@ -84,10 +98,14 @@ class ChunkSampler:
         t: torch.Tensor,
         text: torch.Tensor,
         null_text: torch.Tensor,
+        noised: bool = False,
     ) -> torch.Tensor:
-        """Three-way guided noise prediction for the new frames ``x`` (B, C, f_g, h, w)."""
+        """Three-way guided noise prediction for the new frames ``x`` (B, C, f_g, h, w).
+
+        ``noised``: ``context`` is already noised to the step's level; text guidance only.
+        """
         b, f_p = x.shape[0], context.shape[2]
-        use_image = f_p > 0 and self.guidance_image != 1.0
+        use_image = f_p > 0 and self.guidance_image != 1.0 and not noised
         null = null_text.expand(b, *null_text.shape[1:])
         # Branch order [uncond, (image), text] as in diffusers pipelines ([negative, positive]).
         if use_image:
@@ -135,12 +153,25 @@ class ChunkSampler:
             raise UserInputError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         self.scheduler.set_timesteps(self.num_inference_steps, device=context.device)
         x = latents * self.scheduler.init_noise_sigma  # z_T for the new frames
-        for t in tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress):
-            eps = self.guided_noise(denoiser, context, x, t, text, null_text)
+        ctx_noise = None
+        if self.noised_context_steps > 0 and context.shape[2] > 0:  # drawn after z_T: 0 steps change no draw
+            ctx_noise = torch.randn(context.shape, generator=generator, device=context.device, dtype=context.dtype)
+        for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
+            noised = ctx_noise is not None and i < self.noised_context_steps
+            ctx = self.noised_context(context, ctx_noise, t) if noised else context
+            eps = self.guided_noise(denoiser, ctx, x, t, text, null_text, noised=noised)
             if self.thresholding and isinstance(self.scheduler, EulerDiscreteScheduler):
                 eps = self._euler_thresholded_output(eps, x)
             x = self.scheduler.step(eps, t, x).prev_sample
         return torch.cat([context, x.to(context.dtype)], dim=2)  # the clean context, re-inserted
+
+    def noised_context(self, context: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The context at step t's noise level, in the model's input form (Eq. 8), for every scheduler.
+
+        Euler's model input is x / sqrt(sigma^2 + 1), which is this same form; its timesteps may be fractional.
+        """
+        abar = self.scheduler.alphas_cumprod[int(round(float(t)))].to(context.device, torch.float32)
+        return (abar.sqrt() * context.float() + (1 - abar).sqrt() * noise.float()).to(context.dtype)
 
     def _euler_thresholded_output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The model output that makes Euler's clean-sample estimate the dynamically thresholded one.

@@ -148,20 +148,37 @@ def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
     return cfg
 
 
-def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> dict[str, float]:
-    """Table 1 left: each episode's chunks generated from the REAL previous chunk and action, vs the real chunk."""
+def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """Table 1 left: each episode's chunks generated from the REAL previous chunk and action, vs the real chunk.
+
+    PSNR, SSIM and LPIPS are the mean over episodes of each episode's mean over its chunks, with the spread over
+    episodes (``_std``), as the long-video columns; FVD is one statistic of all chunks. The second dict is the
+    trivial predictor for scale: every frame of the chunk a copy of the last real context frame.
+    """
+    from tqdm.auto import tqdm
+
+    from slowfast_vgen.datamodules.common import check_episode
+    from slowfast_vgen.generation.long_video import chunk_action
     from slowfast_vgen.metrics import FVD, LPIPS, PSNR, SSIM
 
-    metrics = {"PSNR": PSNR(max_db=100.0), "SSIM": SSIM(), "LPIPS": LPIPS()}
-    if fvd:
-        metrics["FVD"] = FVD()
-    from slowfast_vgen.generation.long_video import chunk_action
+    def frame_metrics():
+        return {"PSNR": PSNR(max_db=100.0), "SSIM": SSIM(), "LPIPS": LPIPS()}
 
-    from tqdm.auto import tqdm
+    model, copy = frame_metrics(), frame_metrics()
+    per_episode: dict[str, dict[str, list[float]]] = {"model": {k: [] for k in model}, "copy": {k: [] for k in copy}}
+    fvd_metric = FVD() if fvd else None
+
+    def update(metrics, fake, target):
+        for name, m in metrics.items():
+            if name == "LPIPS" and min(fake.shape[-2:]) < 32:  # AlexNet needs >= 31 px: nearest upsampling
+                up = -(-32 // min(fake.shape[-2:]))
+                m.update(*(x.repeat_interleave(up, -1).repeat_interleave(up, -2) for x in (fake, target)))
+            else:
+                m.update(fake, target)
 
     f_g, f_p = system.generator.chunk_frames, system.generator.context_frames
     for i in tqdm(range(len(episodes)), desc="Table 1: chunks from real context", unit="episode", file=sys.stderr):
-        ep = episodes[i]
+        ep = check_episode(episodes[i], f_g, where=f"episode {i}")
         real = ep["frames"]  # (T, C, H, W): first frame, then the chunks (f_g frames, or (text, n) of a recording)
         start = 1
         for c, item in enumerate(ep["actions"]):
@@ -170,16 +187,28 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> dict[str, 
             fake = system.generate_chunk(context, [action], n, seed=seed + c)[:, context.shape[1] :]
             target = real[start : start + n][None]
             start += n
+            update(model, fake, target)
+            update(copy, context[:, -1:].expand_as(target), target)
+            if fvd_metric is not None:
+                fvd_metric.update(target, real=True)
+                fvd_metric.update(fake, real=False)
+        for which, metrics in (("model", model), ("copy", copy)):
             for name, m in metrics.items():
-                if name == "LPIPS" and min(fake.shape[-2:]) < 32:  # AlexNet needs >= 31 px: nearest upsampling
-                    up = -(-32 // min(fake.shape[-2:]))
-                    m.update(*(x.repeat_interleave(up, -1).repeat_interleave(up, -2) for x in (fake, target)))
-                elif name == "FVD":
-                    m.update(target, real=True)
-                    m.update(fake, real=False)
-                else:
-                    m.update(fake, target)
-    return {name: float(m.compute()) for name, m in metrics.items()}
+                per_episode[which][name].append(float(m.compute()))
+                m.reset()
+
+    def row(values: dict[str, list[float]]) -> dict[str, float]:
+        out = {}
+        for name, v in values.items():
+            t = torch.tensor(v, dtype=torch.float64)
+            out[name] = float(t.mean())
+            out[f"{name}_std"] = float(t.std()) if len(v) > 1 else 0.0
+        return out
+
+    ours = row(per_episode["model"])
+    if fvd_metric is not None:
+        ours["FVD"] = float(fvd_metric.compute())
+    return ours, row(per_episode["copy"])
 
 
 def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -212,11 +241,12 @@ def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
     table = cfg["table"]
     if table == "table1":
         # Left half: one chunk from real context + action vs the real chunk; right half: long videos.
-        slow = slow_learning_rows(system, episodes, fvd=bool(s.get("fvd", False)))
+        slow, copy = slow_learning_rows(system, episodes, fvd=bool(s.get("fvd", False)))
         long_keys = ("SCuts", "SCuts_std", "SRC", "SRC_std", "episodes", "rollbacks")
         without, with_lora = (ablations.run_condition(system, episodes, x) for x in (None, lora))
         rows = [{"setting": "Ours (wo/ Temp-LoRA)", **{k: without[k] for k in long_keys}},
-                {"setting": "Ours SlowFast-VGen", **slow, **{k: with_lora[k] for k in long_keys}}]
+                {"setting": "Ours SlowFast-VGen", **slow, **{k: with_lora[k] for k in long_keys}},
+                {"setting": "Copy the last context frame (reference)", **copy, "episodes": len(episodes)}]
     elif table == "table4":
         rows = ablations.temp_lora_variants(system, episodes, **lora)
     elif table == "table6_8":

@@ -57,7 +57,10 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
     from slowfast_vgen.evaluation.memory import revisit_frame_score, revisit_memory_score
 
     results = []
+    from slowfast_vgen.datamodules.common import check_episode
+
     for out, ep in zip(outputs, (episodes[i] for i in range(len(episodes)))):
+        check_episode(ep, chunk_frames, where=f"episode {ep.get('episode', ep.get('seed'))}")
         video, real = out["video"][0], ep["frames"]
         revisits = [(i, list(js)) for i, js in ep["revisits"] if js]
         later = sorted(j for _, js in revisits for j in js)

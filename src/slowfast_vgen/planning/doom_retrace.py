@@ -196,7 +196,7 @@ class PathRetraceTask:
             "metric": self.metric_name,
             "waypoint_radius": self.waypoint_radius,
         }
-        return Episode(torch.stack(rec.frames), rec.texts, rec.steps, seed, first_frames=1, info=info)
+        return Episode(torch.stack(rec.frames), rec.texts, rec.steps, seed, first_frames=1, info=info, domain=self.name)
 
     def close(self) -> None:
         """Close the game."""

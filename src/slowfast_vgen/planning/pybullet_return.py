@@ -340,7 +340,7 @@ class ObjectReturnTask:
             "phase1_steps": phase1_steps, "phase1_chunks": phase1_steps // self.chunk_frames,
             "resolution": self.resolution, "metric": self.metric_name,
         }
-        return Episode(torch.stack(frames), self.subgoals(), steps, seed, first_frames=1, info=info)
+        return Episode(torch.stack(frames), self.subgoals(), steps, seed, first_frames=1, info=info, domain=self.name)
 
     # ------------------------------------------------------------------------------------------ lifetime
     def close(self) -> None:

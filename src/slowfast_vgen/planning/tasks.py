@@ -40,6 +40,7 @@ class Episode:
     # path); at planning time they may be executed with the expert's actions (``given_actions``) so that the
     # score measures the memory-dependent part (putting back, retracing), which needs the set-up to have happened
     info: dict[str, Any] = field(default_factory=dict)
+    domain: str = "planning"        # the task's name (the episode contract's ``domain``)
 
     def __post_init__(self) -> None:
         t = self.frames.shape[0]
@@ -57,9 +58,10 @@ class Episode:
         return (self.frames.shape[0] - self.first_frames) // len(self.actions)
 
     def as_dict(self) -> dict[str, Any]:
-        """The dict layout of the built-in world's episodes (what the slow-fast loop reads)."""
+        """The episode contract (``datamodules.common.check_episode``): what generation and the slow-fast loop read."""
         return {"frames": self.frames, "actions": list(self.actions), "seed": self.seed,
-                "first": self.frames[: self.first_frames], "steps": list(self.steps), "info": self.info}
+                "first": self.frames[: self.first_frames], "steps": list(self.steps), "info": self.info,
+                "domain": self.domain}
 
 
 @runtime_checkable

@@ -90,7 +90,7 @@ class WorldRetraceTask:
         steps = [a for a in self._legs for _ in range(self.chunk_frames)]
         steps += [REVERSE[a] for a in reversed(steps)]
         frames = [first] + [self.step(a) for a in steps]
-        return Episode(frames=torch.stack(frames), actions=self.subgoals(), steps=steps, seed=seed,
+        return Episode(frames=torch.stack(frames), actions=self.subgoals(), steps=steps, seed=seed, domain=self.name,
                        info={"waypoints": self.waypoints(), "trajectory": list(self.trajectory),
                              "expert_score": self.score(), "phase1_chunks": self.legs,
                              "phase1_steps": self.legs * self.chunk_frames})

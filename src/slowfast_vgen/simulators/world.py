@@ -112,4 +112,5 @@ def revisit_episode(
         "revisits": sorted(groups.items()),
         "seed": seed,
         "world_size": world.size,
+        "domain": "world",
     }

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from slowfast_vgen.datamodules.common import check_episode
 from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
 from slowfast_vgen.errors import UserInputError
@@ -36,6 +37,8 @@ class SlowLearningSystem(L.LightningModule):
         gradient_checkpointing: trade compute for memory in the UNet.
         sampler, num_inference_steps, guidance_image, guidance_text: inference (DPM-Solver, 20, 2, 5).
         thresholding: clip predicted clean samples to [-1, 1] while sampling (pixel-space models).
+        noised_context_steps: the first N sampling steps see the context noised to their level (Temp-LoRA's
+            regime, ``ChunkSampler``); 0 (the paper) keeps it clean.
         seed: mixed into every sample's noise seed and into the per-step dropout seed.
         temporal_dropout: if set, overrides the dropout of the UNet's temporal convolutions (diffusers
             hard-codes ModelScope's 0.1).
@@ -59,6 +62,7 @@ class SlowLearningSystem(L.LightningModule):
         guidance_image: float = 2.0,
         guidance_text: float = 5.0,
         thresholding: bool = False,
+        noised_context_steps: int = 0,
         seed: int = 0,
         temporal_dropout: float | None = None,
         chunk_frames: int = 8,
@@ -73,7 +77,7 @@ class SlowLearningSystem(L.LightningModule):
         self.diffusion = diffusion or MaskedDiffusion()
         self.sampler = ChunkSampler(
             self.diffusion.scheduler_config(), sampler, num_inference_steps, guidance_image, guidance_text,
-            thresholding=thresholding,
+            thresholding=thresholding, noised_context_steps=noised_context_steps,
         )
         if init_weights:
             load_unet_weights(self.unet, init_weights, self.diffusion.prediction_type)
@@ -150,6 +154,9 @@ class SlowLearningSystem(L.LightningModule):
         Clip batches (``video`` + ``n_context``): one chunk per sample after its context frames."""
         seed = stable_seed(self.hparams.seed, "predict", batch_idx)
         if "actions" in batch:
+            if "frames" in batch:  # a whole episode (the episode contract); generation alone needs first + actions
+                check_episode({**batch, "first": batch["first"][0], "frames": batch["frames"][0]},
+                              self.generator.chunk_frames, where=f"episode {batch_idx}")
             chunks = list(self.generator.stream(batch["first"], batch["actions"], seed=seed))
             video = torch.cat([batch["first"], *[c.video for c in chunks]], dim=1)  # (1, T, C, H, W)
             return {"video": video.cpu(), "updates": [c.update for c in chunks]}

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from slowfast_vgen.datamodules.common import check_episode
 from slowfast_vgen.datamodules.slowfast_data import SlowDataset
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.io import atomic_path
@@ -109,6 +110,7 @@ class SlowFastLoopSystem(SlowLearningSystem):
 
         frames = episode["frames"]
         f_g = self.generator.chunk_frames
+        check_episode(episode, f_g, where=f"episode {episode.get('episode', episode.get('seed'))}")
         # a chunk is f_g frames, or (text, n) in a recorded episode (chunks end where its actions do)
         actions, lengths = zip(*(chunk_action(a, f_g) for a in episode["actions"])) if episode["actions"] else ((), ())
         actions = list(actions)
