@@ -53,6 +53,7 @@ CASES = {  # id -> (argv, text the error line must contain)
     "export torn checkpoint": (["export", "torn.ckpt", "x.safetensors"], "torn.ckpt"),
     "export malicious checkpoint": (["export", "evil.ckpt", "x.safetensors"], "refused"),
     "demo --episodes 1": (["demo", "--episodes", "1"], "--episodes"),
+    "demo --noised-context-steps -2": (["demo", "--noised-context-steps", "-2"], "'-2'"),
     "evaluate missing config": (["evaluate", "-c", "nowhere.yaml"], "nowhere.yaml"),
     "bench unknown": (["bench", "nothing"], "nothing"),
 }

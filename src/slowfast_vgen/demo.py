@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
+from slowfast_vgen.errors import ArgumentParser, UserInputError, nonnegative_int, positive_int
 from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--chunks-out", type=positive_int, default=3, help="chunks away from the start before returning")
     parser.add_argument("--steps", type=positive_int, default=20, help="DPM-Solver steps per chunk (paper: 20)")
-    parser.add_argument("--noised-context-steps", type=int, default=None,
+    parser.add_argument("--noised-context-steps", type=nonnegative_int, default=None,
                         help="the first N sampling steps see the context noised to their level (Temp-LoRA's regime; "
                              "both arms); default: the config's (0, the paper's clean context)")
     lora_options(parser)
@@ -91,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     system, world, model_info = build_demo_system(args.config, args.weights, args.train_minutes, args.out)
     system.sampler.num_inference_steps = args.steps
     if args.noised_context_steps is not None:
-        if args.noised_context_steps < 0:
-            raise UserInputError(f"--noised-context-steps must be >= 0, got {args.noised_context_steps}")
         system.sampler.noised_context_steps = args.noised_context_steps
     chunk = system.generator.chunk_frames
     if args.shards is not None:

@@ -41,6 +41,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _one_line(message: str) -> str:
     """Condense a jsonargparse error (often a nested, multi-line report) into its most specific line."""
     lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
