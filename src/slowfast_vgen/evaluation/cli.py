@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,12 +198,10 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> tuple[dict
                 per_episode[which][name].append(float(m.compute()))
                 m.reset()
 
-    def row(values: dict[str, list[float]]) -> dict[str, float]:
+    def row(values: dict[str, list[float]]) -> dict[str, float]:  # the convention of revisit.summarize
         out = {}
         for name, v in values.items():
-            t = torch.tensor(v, dtype=torch.float64)
-            out[name] = float(t.mean())
-            out[f"{name}_std"] = float(t.std()) if len(v) > 1 else 0.0
+            out[name], out[f"{name}_std"] = statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
         return out
 
     ours = row(per_episode["model"])
