@@ -274,3 +274,50 @@ def test_one_settings_object_for_the_learner_the_callback_and_the_loop():
     assert callback.settings == TempLoRASettings(rank=4, lr=1e-3)
     learner = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), callback.settings, seed=3)
     assert (learner.rank, learner.lr, learner.seed) == (4, 1e-3, 3) and learner.settings.rank == 4
+
+
+def test_memory_guidance_is_phi_alone_plus_w_times_thetas_change_in_eq3s_regime(monkeypatch):
+    """eps = eps_guided^Phi(clean context) + w [eps^{Phi+Theta} - eps^Phi](context noised to t, null text)."""
+    from slowfast_vgen.diffusion import MemoryGuidance
+
+    torch.manual_seed(0)
+    state = {"theta": True}
+    calls = []
+
+    def denoiser(inp, t, txt):  # "Theta" adds the mean of the context frames it sees to every frame
+        calls.append(state["theta"])
+        return inp * 0.5 + txt.mean() + (inp[:, :, :2].mean(2, keepdim=True) if state["theta"] else 0)
+
+    sampler = ChunkSampler(MaskedDiffusion().scheduler_config(), "ddim", num_inference_steps=2)
+    seen = []
+    step = sampler.scheduler.step
+    monkeypatch.setattr(sampler.scheduler, "step", lambda eps, t, x: (seen.append((eps, t, x)), step(eps, t, x))[1])
+    context, text, null = torch.randn(1, 3, 2, 4, 4), torch.ones(1, 1, 8), torch.zeros(1, 1, 8)
+    memory = MemoryGuidance(lambda on: state.update(theta=on), 1.5, torch.Generator().manual_seed(7))
+    sampler.sample(denoiser, context, 3, text, null, torch.Generator().manual_seed(3), memory=memory)
+    assert state["theta"] and calls.count(True) == 2  # one Theta pass per step; Theta back on afterwards
+    ctx_noise = torch.randn(context.shape, generator=torch.Generator().manual_seed(7))
+    state["theta"] = False
+    for eps, t, x in seen:
+        guided = sampler.guided_noise(denoiser, context, x, t, text, null)  # Phi alone, clean context
+        noised = sampler.noised_context(context, ctx_noise, t)  # Theta read in Eq. 3's regime: context noised to t
+        expected = guided + 1.5 * noised.mean(2, keepdim=True).expand_as(x)
+        torch.testing.assert_close(eps, expected)
+        assert not torch.allclose(noised, context)
+    with pytest.raises(UserInputError, match="memory guidance weight"):
+        MemoryGuidance(lambda on: None, -1.0)
+
+
+def test_memory_guidance_reads_a_learned_theta_and_nothing_from_a_zero_one():
+    plain, _ = make(False)
+    guided, learner = make(True, memory_guidance=1.0)
+    a = list(plain.stream(first_frames(), ACTIONS, seed=3))
+    b = list(guided.stream(first_frames(), ACTIONS, seed=3))
+    assert torch.equal(a[0].latents, b[0].latents)  # Theta_0 == 0: Phi alone, the same z_T
+    assert not torch.equal(a[-1].latents, b[-1].latents)  # a learned Theta is read
+    assert not any(m.disable_adapters for m in learner.lora_layers())  # Theta left on for the update
+    merging, _ = make(True, memory_guidance=1.0)
+    merging.merge_for_sampling = True  # merging would bake Theta into Phi's branch: it is skipped
+    assert torch.equal(list(merging.stream(first_frames(), ACTIONS, seed=3))[-1].latents, b[-1].latents)
+    with pytest.raises(UserInputError, match="memory_guidance"):
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), memory_guidance=-0.5)

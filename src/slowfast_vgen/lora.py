@@ -101,6 +101,7 @@ class TempLoRASettings:
     lr_decay: float = 0.0
     update_frames: int = 0
     checkpointing: bool = False
+    memory_guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -118,6 +119,9 @@ class TempLoRASettings:
             raise UserInputError(f"Temp-LoRA text_condition {self.text_condition!r}; expected one of {list(TEXT_CONDITIONS)}")
         if not self.lr_decay >= 0:
             raise UserInputError(f"Temp-LoRA: lr_decay must be >= 0, got {self.lr_decay}")
+        if not self.memory_guidance >= 0:
+            raise UserInputError(f"Temp-LoRA: memory_guidance must be >= 0 (0: Theta applied directly, as the paper), "
+                                 f"got {self.memory_guidance}")
         if self.update_frames < 0:
             raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {self.update_frames}")
         if self.timestep_range is not None and len(self.timestep_range) != 2:
@@ -174,6 +178,9 @@ class TempLoRA:
             update: each frame is still written once, as output; ``sfvgen bench temp-lora --components``).
         checkpointing: recompute each layer's activations (in the down / mid / up blocks) in the update's backward
             pass instead of keeping them (less memory for about one more forward pass; sampling is unaffected).
+        memory_guidance: if > 0, generation reads Theta by memory guidance with this weight instead of sampling
+            with Theta applied (:class:`slowfast_vgen.diffusion.sampling.MemoryGuidance`: Phi alone under the usual
+            guidance, plus w times what Theta changes in Eq. 3's regime; two more UNet passes per step). 0: the paper.
 
     ``target_modules`` may be a regular expression (peft's convention), e.g. ``r"up_blocks.*(to_q|to_k|to_v|to_out.0)"``
     for Theta on the decoder only: the backward pass then stops where the first LoRA layer is, and the encoder's
@@ -636,6 +643,8 @@ _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
                        "with / without Theta below this; 0: off)"),
     "--lr-decay": ("lr_decay", float, "chunk i of an episode learns at lr / (1 + lr_decay * i) (0: constant)"),
     "--update-frames": ("update_frames", int, "train on the last N frames of input + output only (0: all; cheaper)"),
+    "--memory-guidance": ("memory_guidance", float, "read Theta by memory guidance with this weight: Phi alone plus w "
+                          "times Theta's change in Eq. 3's regime (0: Theta applied, the paper)"),
     "--explode-factor": ("explode_factor", float, "roll back an update whose gradient norm exceeds this multiple "
                          "of the median of the earlier ones (inf: off)"),
 }

@@ -17,11 +17,20 @@ the "replacement" sampler of Ho et al.'s Video Diffusion Models. That is the reg
 regime where its memory is read (issue 13, docs/memory.md Search 8). Those steps use text guidance only (both
 branches see the noised context): a model trained with ``MaskedDiffusion(p_full_noise, full_noise_text=True)``
 knows that regime with and without the action's text.
+
+Memory guidance (:class:`MemoryGuidance`, off in the paper): Theta is read in the regime Eq. 3 writes it in, and
+only there (docs/memory.md, Searches 7-8), while the clean-context sampler reads almost none of it and is damaged
+by it. With memory guidance the step's prediction is Phi's alone (Theta off) under the usual three-way guidance,
+plus w times what Theta changes in Eq. 3's regime: eps = eps_guided^Phi(clean context) + w [eps^{Phi+Theta}(z_t^ctx,
+x_t, null) - eps^Phi(z_t^ctx, x_t, null)] on the new frames, with the context noised to the step's level as in
+Eq. 3 (one noise draw per chunk). A classifier-free-guidance-like term whose "condition" is the episodic memory:
+the frames follow the action as Phi does and move towards what Theta remembers of the places.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -48,6 +57,26 @@ def threshold_sample(sample: torch.Tensor, sample_max_value: float, ratio: float
     flat = sample.float().reshape(b, -1)
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=sample_max_value).unsqueeze(1)
     return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
+
+
+@dataclass
+class MemoryGuidance:
+    """Read Temp-LoRA's Theta by guidance in Eq. 3's regime (see the module's docstring).
+
+    Args:
+        toggle: switches Theta on (True) or off (False), e.g. ``TempLoRA.set_enabled``; left on after sampling.
+        weight: w, the scale of the memory term (0: Phi alone, Theta never read).
+        generator: draws the context's noise (one draw per chunk), apart from the sampler's own draws so that
+            the arms with and without memory start every chunk from the same z_T.
+    """
+
+    toggle: Callable[[bool], None]
+    weight: float
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise UserInputError(f"memory guidance weight must be >= 0 (0: Theta is not read), got {self.weight}")
 
 
 class ChunkSampler:
@@ -137,11 +166,13 @@ class ChunkSampler:
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         progress: bool = False,
+        memory: MemoryGuidance | None = None,
     ) -> torch.Tensor:
         """Generate ``n_frames`` new latent frames after ``context`` (B, C, f_p, h, w); f_p may be 0.
 
         Returns the whole chunk ``(B, C, f_p + n_frames, h, w)``: the context, bit-identical, then the new
-        frames. ``latents`` overrides the initial noise z_T (B, C, n_frames, h, w).
+        frames. ``latents`` overrides the initial noise z_T (B, C, n_frames, h, w). ``memory``: read Theta by
+        memory guidance instead of sampling with it applied (see the module's docstring).
         """
         if n_frames < 1:
             raise UserInputError(f"n_frames must be >= 1, got {n_frames}")
@@ -156,14 +187,44 @@ class ChunkSampler:
         ctx_noise = None
         if self.noised_context_steps > 0 and context.shape[2] > 0:  # drawn after z_T: 0 steps change no draw
             ctx_noise = torch.randn(context.shape, generator=generator, device=context.device, dtype=context.dtype)
-        for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
-            noised = ctx_noise is not None and i < self.noised_context_steps
-            ctx = self.noised_context(context, ctx_noise, t) if noised else context
-            eps = self.guided_noise(denoiser, ctx, x, t, text, null_text, noised=noised)
-            if self.thresholding and isinstance(self.scheduler, EulerDiscreteScheduler):
-                eps = self._euler_thresholded_output(eps, x)
-            x = self.scheduler.step(eps, t, x).prev_sample
+        memory_noise = None
+        if memory is not None:
+            memory_noise = torch.randn(context.shape, generator=memory.generator, device=context.device, dtype=context.dtype)
+        try:
+            for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
+                noised = ctx_noise is not None and i < self.noised_context_steps
+                ctx = self.noised_context(context, ctx_noise, t) if noised else context
+                if memory is not None:
+                    memory.toggle(False)  # the guided prediction is Phi's alone
+                eps = self.guided_noise(denoiser, ctx, x, t, text, null_text, noised=noised)
+                if memory is not None and memory.weight > 0:
+                    eps = eps + memory.weight * self.memory_term(denoiser, memory, context, memory_noise, x, t, null_text)
+                if self.thresholding and isinstance(self.scheduler, EulerDiscreteScheduler):
+                    eps = self._euler_thresholded_output(eps, x)
+                x = self.scheduler.step(eps, t, x).prev_sample
+        finally:
+            if memory is not None:
+                memory.toggle(True)
         return torch.cat([context, x.to(context.dtype)], dim=2)  # the clean context, re-inserted
+
+    def memory_term(
+        self,
+        denoiser: Denoiser,
+        memory: MemoryGuidance,
+        context: torch.Tensor,
+        noise: torch.Tensor,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        null_text: torch.Tensor,
+    ) -> torch.Tensor:
+        """eps^{Phi+Theta} - eps^Phi on the new frames of Eq. 3's input: the whole clip at step t's level, no text."""
+        b, f_p = x.shape[0], context.shape[2]
+        inp = torch.cat([self.noised_context(context, noise, t), self.scheduler.scale_model_input(x, t)], dim=2)
+        null, steps = null_text.expand(b, *null_text.shape[1:]), t.expand(b)
+        memory.toggle(True)
+        with_theta = denoiser(inp, steps, null)[:, :, f_p:]
+        memory.toggle(False)
+        return with_theta - denoiser(inp, steps, null)[:, :, f_p:]
 
     def noised_context(self, context: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The context at step t's noise level, in the model's input form (Eq. 8), for every scheduler.
