@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -95,6 +96,25 @@ def test_damage_is_zero_after_a_reset():
     finally:
         learner.remove()
     assert out["damage_unseen"] == 0 and out["damage_context"] == 0 and out["written"] == 0
+
+
+def test_memory_guided_diagnostics_read_theta_as_generation_does():
+    """With memory guidance, the sampler-regime numbers use Phi + w (Theta's change in Eq. 3's regime); the Eq. 3
+    numbers do not change; a reset Theta reads and damages nothing either way."""
+    system, ep = tiny_system(), episode()
+    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=3e-3, steps_per_chunk=4)
+    try:
+        write_memory(learner, system, ep)
+        direct = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
+        learner.settings = dataclasses.replace(learner.settings, memory_guidance=2.0)
+        guided = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
+        learner.reset()
+        nothing = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
+    finally:
+        learner.remove()
+    assert guided["written"] == direct["written"] and guided["return_eq3"] == direct["return_eq3"]
+    assert guided["read"] != direct["read"] and guided["damage_unseen"] != direct["damage_unseen"]
+    assert nothing["read"] == nothing["damage_context"] == nothing["damage_unseen"] == 0
 
 
 def test_loss_guard_rolls_back_a_diverging_update_that_the_gradient_guard_lets_through():

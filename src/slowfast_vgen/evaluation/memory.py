@@ -180,6 +180,10 @@ def measure_memory(
       model denoises what it must remember better with Theta;
     * ``damage_context``: L_on / L_off - 1 in the sampler's regime on the positions the context shows (copying);
     * ``damage_unseen``: the same on every target position of another episode's chunks (``unseen``).
+
+    With ``memory_guidance`` w > 0 in the learner's settings, "Theta on" in the sampler's regime (``read``,
+    ``damage_*``) is what generation then reads: Phi alone plus w times Theta's change on the same clip fully
+    noised under the null text (:class:`slowfast_vgen.diffusion.MemoryGuidance`).
     """
     gen, diffusion = system.generator, system.diffusion
     f_g, f_p = gen.chunk_frames, gen.context_frames
@@ -193,6 +197,21 @@ def measure_memory(
         s = 1 + c * f_g
         return ep_z[:, :, max(0, s - f_p) : s], ep_z[:, :, s : s + f_g]
 
+    guidance = float(learner.settings.memory_guidance)
+
+    def predict(noisy, full, t, text, on: bool, clean: bool) -> torch.Tensor:
+        """The prediction with Theta on / off; on, in the sampler's regime with memory guidance: Phi alone plus
+        w times Theta's change on the fully noised clip (``full``) under the null text."""
+        with torch.no_grad():
+            learner.set_enabled(on and not (clean and guidance > 0))
+            pred = unet_output(system.unet, noisy, t, text).float()
+            if on and clean and guidance > 0:
+                learner.set_enabled(True)
+                with_theta = unet_output(system.unet, full, t, null).float()
+                learner.set_enabled(False)
+                pred = pred + guidance * (with_theta - unet_output(system.unet, full, t, null).float())
+        return pred
+
     def losses(ctx, tgt, text, mask, clean: bool, salt: int) -> tuple[float, float]:
         """Mean masked squared error over ``timesteps`` with Theta on and off (the same noisy inputs)."""
         z0 = torch.cat([ctx, tgt], dim=2)
@@ -203,18 +222,15 @@ def measure_memory(
             noise = torch.randn(z0.shape, generator=g)
             noise = noise.to(z0.device, z0.dtype)
             t = torch.full((1,), t_val, dtype=torch.long, device=z0.device)
-            noisy = diffusion.add_noise(z0, noise, t)
+            full = noisy = diffusion.add_noise(z0, noise, t)
             if clean:  # the sampler's regime: the context frames stay clean
                 noisy = torch.cat([ctx, noisy[:, :, ctx.shape[2]:]], dim=2)
-            inputs.append((noisy, t, diffusion.target(z0, noise, t).float()))
+            inputs.append((noisy, full, t, diffusion.target(z0, noise, t).float()))
         out = []
         for on in (True, False):
-            learner.set_enabled(on)
             total = 0.0
-            for noisy, t, target in inputs:
-                with torch.no_grad():
-                    pred = unet_output(system.unet, noisy, t, text)
-                err = (pred.float() - target) ** 2  # (1, C, F, h, w)
+            for noisy, full, t, target in inputs:
+                err = (predict(noisy, full, t, text, on, clean) - target) ** 2  # (1, C, F, h, w)
                 total += float((err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1))
             out.append(total / len(timesteps))
         learner.set_enabled(True)
