@@ -117,6 +117,27 @@ def test_memory_guided_diagnostics_read_theta_as_generation_does():
     assert nothing["read"] == nothing["damage_context"] == nothing["damage_unseen"] == 0
 
 
+def test_read_by_timestep_is_each_noise_levels_own_read():
+    """The read at a timestep is what measuring at that timestep alone gives (its noise does not depend on the
+    others), and the overall read pools the timesteps' losses."""
+    system, ep = tiny_system(), episode()
+    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=3e-3, steps_per_chunk=4)
+    try:
+        write_memory(learner, system, ep)
+        both = measure_memory(learner, system, ep, timesteps=(300, 800))
+        alone = {t: measure_memory(learner, system, ep, timesteps=(t,)) for t in (300, 800)}
+    finally:
+        learner.remove()
+    assert set(both["read_by_timestep"]) == {300, 800}
+    for t in (300, 800):
+        assert both["read_by_timestep"][t] == pytest.approx(alone[t]["read"], rel=1e-9)
+        assert alone[t]["read_by_timestep"] == {t: pytest.approx(alone[t]["read"], rel=1e-9)}
+    assert both["read_by_timestep"][300] != both["read_by_timestep"][800]
+    on = sum(alone[t]["loss"]["memory"][0] for t in (300, 800))
+    off = sum(alone[t]["loss"]["memory"][1] for t in (300, 800))
+    assert both["read"] == pytest.approx(1 - on / off, rel=1e-9)
+
+
 def test_loss_guard_rolls_back_a_diverging_update_that_the_gradient_guard_lets_through():
     from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
     from slowfast_vgen.experiment import load_system
@@ -187,11 +208,15 @@ def test_bench_memory_prints_written_read_damage(tmp_path, capsys):
     from slowfast_vgen.evaluation.memory import main
 
     out = tmp_path / "memory.json"
-    assert main(["--episodes", "1", "--chunks-out", "1", "--updates-per-chunk", "2", "--out", str(out)]) == 0
+    assert main(["--episodes", "1", "--chunks-out", "1", "--updates-per-chunk", "2", "--timesteps", "100", "900",
+                 "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["summary"]) >= {"written", "read", "damage_context", "damage_unseen"}
+    assert result["timesteps"] == [100, 900] and set(result["summary"]["read_by_timestep"]) == {"100", "900"}
     assert result["lora"]["text_condition"] == "action" and result["lora"]["reverse_actions"]["go left"] == "go right"
     assert json.loads(capsys.readouterr().out)["bench"] == "memory"
+    with pytest.raises(UserInputError, match=r"--timesteps \[100, 1000\].*\[0, 1000\)"):
+        main(["--episodes", "1", "--chunks-out", "1", "--timesteps", "100", "1000"])
 
 
 def test_novelty_gate_skips_a_chunk_that_theta_already_explains():

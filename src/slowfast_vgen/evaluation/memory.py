@@ -212,8 +212,9 @@ def measure_memory(
                 pred = pred + guidance * (with_theta - unet_output(system.unet, full, t, null).float())
         return pred
 
-    def losses(ctx, tgt, text, mask, clean: bool, salt: int) -> tuple[float, float]:
-        """Mean masked squared error over ``timesteps`` with Theta on and off (the same noisy inputs)."""
+    def losses(ctx, tgt, text, mask, clean: bool, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked squared error at each of ``timesteps`` with Theta on and off (the same noisy inputs; the noise
+        of a timestep does not depend on the others)."""
         z0 = torch.cat([ctx, tgt], dim=2)
         m = mask.to(z0.device)[None, None]  # (1, 1, F, h, w)
         inputs = []
@@ -228,16 +229,16 @@ def measure_memory(
             inputs.append((noisy, full, t, diffusion.target(z0, noise, t).float()))
         out = []
         for on in (True, False):
-            total = 0.0
+            per_t = []
             for noisy, full, t, target in inputs:
                 err = (predict(noisy, full, t, text, on, clean) - target) ** 2  # (1, C, F, h, w)
-                total += float((err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1))
-            out.append(total / len(timesteps))
+                per_t.append(float((err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1)))
+            out.append(torch.tensor(per_t, dtype=torch.float64))
         learner.set_enabled(True)
         return out[0], out[1]
 
-    seen_on = seen_off = ret_on = ret_off = 0.0
-    mem_on = mem_off = vis_on = vis_off = 0.0
+    # per-timestep sums over chunks; each number below is a ratio of their means over the timesteps
+    seen_on, seen_off, ret_on, ret_off, mem_on, mem_off, vis_on, vis_off = torch.zeros(8, len(timesteps), dtype=torch.float64)
     mem_n = vis_n = 0
     for c in range(n_chunks):
         ctx, tgt = clip(c, z)
@@ -259,25 +260,29 @@ def measure_memory(
         if vis.any():
             on, off = losses(ctx, tgt, text, torch.cat([pad, vis]), clean=True, salt=200 + c)
             vis_on, vis_off, vis_n = vis_on + on, vis_off + off, vis_n + 1
+    mean = lambda x: float(x.mean())  # noqa: E731
     out = {
-        "written": 1 - seen_on / seen_off,
-        "return_eq3": 1 - ret_on / ret_off if ret_off else math.nan,
-        "read": 1 - mem_on / mem_off if mem_n else math.nan,
-        "damage_context": vis_on / vis_off - 1 if vis_n else math.nan,
-        "loss": {"seen": [seen_on / max(n_out, 1), seen_off / max(n_out, 1)],
-                 "memory": [mem_on / max(mem_n, 1), mem_off / max(mem_n, 1)],
-                 "context": [vis_on / max(vis_n, 1), vis_off / max(vis_n, 1)]},
+        "written": 1 - mean(seen_on) / mean(seen_off),
+        "return_eq3": 1 - mean(ret_on) / mean(ret_off) if mean(ret_off) else math.nan,
+        "read": 1 - mean(mem_on) / mean(mem_off) if mem_n else math.nan,
+        "damage_context": mean(vis_on) / mean(vis_off) - 1 if vis_n else math.nan,
+        # the read at each timestep: where in the noise levels (layout high, details low) Theta is read
+        "read_by_timestep": {int(t): (1 - float(a / b)) if mem_n else math.nan
+                             for t, a, b in zip(timesteps, mem_on, mem_off)},
+        "loss": {"seen": [mean(seen_on) / max(n_out, 1), mean(seen_off) / max(n_out, 1)],
+                 "memory": [mean(mem_on) / max(mem_n, 1), mean(mem_off) / max(mem_n, 1)],
+                 "context": [mean(vis_on) / max(vis_n, 1), mean(vis_off) / max(vis_n, 1)]},
     }
     if unseen is not None:
         zu = system.encode_video(unseen["frames"][None].to(system.device))
-        u_on = u_off = 0.0
+        u_on, u_off = torch.zeros(2, len(timesteps), dtype=torch.float64)
         for c in range((zu.shape[2] - 1) // f_g):
             ctx, tgt = clip(c, zu)
             every = torch.cat([torch.zeros(ctx.shape[2], h, h, dtype=torch.bool), torch.ones(f_g, h, h, dtype=torch.bool)])
             on, off = losses(ctx, tgt, system.encode_text([unseen["actions"][c]]), every, clean=True, salt=300 + c)
             u_on, u_off = u_on + on, u_off + off
-        out["damage_unseen"] = u_on / u_off - 1
-        out["loss"]["unseen"] = [u_on, u_off]
+        out["damage_unseen"] = mean(u_on) / mean(u_off) - 1
+        out["loss"]["unseen"] = [mean(u_on), mean(u_off)]
     return out
 
 
@@ -310,6 +315,13 @@ def memory_diagnostics(system: Any, episodes: list[dict], unseen: list[dict], lo
             mean = sum(vals) / len(vals)
             std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
             summary[k] = {"mean": mean, "std": std, "n": len(vals)}
+    by_t = {}
+    for t in timesteps:
+        vals = [float(s["read_by_timestep"][int(t)]) for s in per_episode]
+        vals = [v for v in vals if not math.isnan(v)]
+        if vals:
+            by_t[int(t)] = sum(vals) / len(vals)
+    summary["read_by_timestep"] = by_t
     return {"summary": summary, "episodes": per_episode, "timesteps": list(timesteps), "lora": lora}
 
 
@@ -332,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first retrace episode")
     parser.add_argument("--chunks-out", type=int, default=3)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=list(DIAGNOSTIC_TIMESTEPS),
+                        help="the fixed diffusion timesteps the losses are measured at (each also reported alone, "
+                        "as read_by_timestep)")
     lora_options(parser, default_preset="memory")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.chunks_out < 1:
@@ -351,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                                      min_gap=gen.chunk_frames + gen.context_frames, **world)
     episodes = [make(args.seed + i) for i in range(args.episodes)]
     unseen = [make(args.seed + 500_000 + i) for i in range(args.episodes)]
-    result = memory_diagnostics(system, episodes, unseen, lora_kwargs(args, REVERSE), progress=True)
+    steps = system.diffusion.num_train_timesteps
+    if any(not 0 <= t < steps for t in args.timesteps):
+        raise UserInputError(f"--timesteps {args.timesteps}: each must be in [0, {steps}) (the model's training timesteps)")
+    result = memory_diagnostics(system, episodes, unseen, lora_kwargs(args, REVERSE), tuple(args.timesteps),
+                                progress=True)
     result.update(bench="memory", config=args.config, weights=weights, first_seed=args.seed,
                   seconds=round(time.perf_counter() - start, 1), machine=machine())
     text = json.dumps(result, indent=2)
