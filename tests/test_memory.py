@@ -117,6 +117,21 @@ def test_memory_guided_diagnostics_read_theta_as_generation_does():
     assert nothing["read"] == nothing["damage_context"] == nothing["damage_unseen"] == 0
 
 
+def test_gated_diagnostics_read_theta_only_inside_the_read_range():
+    system, ep = tiny_system(), episode()
+    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=3e-3, steps_per_chunk=4)
+    try:
+        write_memory(learner, system, ep)
+        direct = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
+        learner.settings = dataclasses.replace(learner.settings, read_timestep_range=(500, 1000))
+        gated = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
+    finally:
+        learner.remove()
+    assert gated["written"] == direct["written"] and gated["return_eq3"] == direct["return_eq3"]
+    assert gated["read_by_timestep"][300] == 0 and gated["read_by_timestep"][700] == direct["read_by_timestep"][700]
+    assert direct["read_by_timestep"][300] != 0
+
+
 def test_read_by_timestep_is_each_noise_levels_own_read():
     """The read at a timestep is what measuring at that timestep alone gives (its noise does not depend on the
     others), and the overall read pools the timesteps' losses."""

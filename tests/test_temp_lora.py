@@ -308,6 +308,26 @@ def test_memory_guidance_is_phi_alone_plus_w_times_thetas_change_in_eq3s_regime(
         MemoryGuidance(lambda on: None, -1.0)
 
 
+def test_read_timestep_range_applies_theta_only_at_the_steps_it_admits():
+    """Theta applied at every step equals the ungated generator; at none, Theta is written but the video is
+    Phi's alone (the no-memory arm); at the first step only, something in between."""
+    plain, _ = make(False)
+    direct, _ = make(True)
+    steps = direct.sampler.scheduler
+    steps.set_timesteps(direct.sampler.num_inference_steps)
+    ts = sorted(int(t) for t in steps.timesteps)
+    last = lambda **kw: list(make(True, **kw)[0].stream(first_frames(), ACTIONS, seed=3))[-1].latents  # noqa: E731
+    reference, no_memory = last(), list(plain.stream(first_frames(), ACTIONS, seed=3))[-1].latents
+    assert torch.equal(last(read_timestep_range=(0, 1000)), reference)
+    assert torch.equal(last(read_timestep_range=(ts[-1] + 1, ts[-1] + 2)), no_memory)
+    first_only = last(read_timestep_range=(ts[-2] + 1, 1000))
+    assert not torch.equal(first_only, reference) and not torch.equal(first_only, no_memory)
+    with pytest.raises(UserInputError, match=r"read_timestep_range is \[lo, hi\).*\[500, 100\]"):
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_timestep_range=(500, 100))
+    with pytest.raises(UserInputError, match="does not combine"):
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_timestep_range=(500, 1000), memory_guidance=1.0)
+
+
 def test_memory_guidance_reads_a_learned_theta_and_nothing_from_a_zero_one():
     plain, _ = make(False)
     guided, learner = make(True, memory_guidance=1.0)

@@ -102,6 +102,7 @@ class TempLoRASettings:
     update_frames: int = 0
     checkpointing: bool = False
     memory_guidance: float = 0.0
+    read_timestep_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -124,8 +125,13 @@ class TempLoRASettings:
                                  f"got {self.memory_guidance}")
         if self.update_frames < 0:
             raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {self.update_frames}")
-        if self.timestep_range is not None and len(self.timestep_range) != 2:
-            raise UserInputError(f"Temp-LoRA: timestep_range is [lo, hi), got {self.timestep_range}")
+        for name in ("timestep_range", "read_timestep_range"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
+                raise UserInputError(f"Temp-LoRA: {name} is [lo, hi) with 0 <= lo < hi, got {list(value)}")
+        if self.read_timestep_range is not None and self.memory_guidance > 0:
+            raise UserInputError("Temp-LoRA: read_timestep_range gates Theta applied directly; it does not combine "
+                                 f"with memory_guidance {self.memory_guidance}")
 
     @classmethod
     def build(cls, settings: TempLoRASettings | dict[str, Any] | None = None, **options: Any) -> TempLoRASettings:
@@ -181,6 +187,9 @@ class TempLoRA:
         memory_guidance: if > 0, generation reads Theta by memory guidance with this weight instead of sampling
             with Theta applied (:class:`slowfast_vgen.diffusion.sampling.MemoryGuidance`: Phi alone under the usual
             guidance, plus w times what Theta changes in Eq. 3's regime; two more UNet passes per step). 0: the paper.
+        read_timestep_range: ``[lo, hi)``: generation applies Theta only at the sampler's steps with a timestep in
+            it (Phi alone at the others; :class:`slowfast_vgen.diffusion.sampling.ThetaGate`), e.g. where the update
+            wrote (``timestep_range``). None: every step (the paper).
 
     ``target_modules`` may be a regular expression (peft's convention), e.g. ``r"up_blocks.*(to_q|to_k|to_v|to_out.0)"``
     for Theta on the decoder only: the backward pass then stops where the first LoRA layer is, and the encoder's
@@ -663,7 +672,10 @@ def lora_options(parser: Any, default_preset: str = "paper") -> None:
                         help="every other clip reversed in time")
     parser.add_argument("--text-condition", default=None, choices=["none", "action"],
                         help="update clips under the empty prompt (Eq. 3) or their action's text")
-    parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LO", "HI"))
+    parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="the update's timesteps [LO, HI)")
+    parser.add_argument("--read-timestep-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="apply Theta only at the sampler's steps with a timestep in [LO, HI) (default: all)")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute the UNet blocks' activations in the update's backward (less memory, more time)")
     parser.add_argument("--targets", default=None,
@@ -677,6 +689,7 @@ def lora_kwargs(args: Any, reverse_actions: dict[str, str] | None = None) -> dic
     given = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _, _) in _OPTIONS.items()}
     given.update(replay=args.replay, reverse=args.reverse, text_condition=args.text_condition,
                  timestep_range=None if args.timestep_range is None else list(args.timestep_range),
+                 read_timestep_range=None if args.read_timestep_range is None else list(args.read_timestep_range),
                  checkpointing=args.checkpointing, target_modules=parse_targets(args.targets))
     kw.update({k: v for k, v in given.items() if v is not None})
     if kw.get("reverse") and kw.get("text_condition") == "action":

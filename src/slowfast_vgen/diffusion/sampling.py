@@ -79,6 +79,29 @@ class MemoryGuidance:
             raise UserInputError(f"memory guidance weight must be >= 0 (0: Theta is not read), got {self.weight}")
 
 
+@dataclass
+class ThetaGate:
+    """Apply Temp-LoRA's Theta only at the sampler's steps whose timestep t is in ``[lo, hi)`` (Phi alone at the
+    others): a Theta written at high noise levels only is read there and damages the low ones (docs/memory.md,
+    Search 9).
+
+    Args:
+        toggle: switches Theta on (True) or off (False), e.g. ``TempLoRA.set_enabled``; left on after sampling.
+        lo, hi: the training timesteps at which Theta is applied.
+    """
+
+    toggle: Callable[[bool], None]
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lo < self.hi:
+            raise UserInputError(f"Theta's read timesteps are [lo, hi) with 0 <= lo < hi, got [{self.lo}, {self.hi})")
+
+    def applies(self, t: int | torch.Tensor) -> bool:
+        return self.lo <= int(t) < self.hi
+
+
 class ChunkSampler:
     """Generates the next ``f_g`` latent frames of a video given clean context latents and an action.
 
@@ -167,15 +190,19 @@ class ChunkSampler:
         latents: torch.Tensor | None = None,
         progress: bool = False,
         memory: MemoryGuidance | None = None,
+        gate: ThetaGate | None = None,
     ) -> torch.Tensor:
         """Generate ``n_frames`` new latent frames after ``context`` (B, C, f_p, h, w); f_p may be 0.
 
         Returns the whole chunk ``(B, C, f_p + n_frames, h, w)``: the context, bit-identical, then the new
         frames. ``latents`` overrides the initial noise z_T (B, C, n_frames, h, w). ``memory``: read Theta by
-        memory guidance instead of sampling with it applied (see the module's docstring).
+        memory guidance instead of sampling with it applied (see the module's docstring). ``gate``: Theta applied
+        only at the steps whose timestep it admits (:class:`ThetaGate`).
         """
         if n_frames < 1:
             raise UserInputError(f"n_frames must be >= 1, got {n_frames}")
+        if memory is not None and gate is not None:
+            raise UserInputError("read Theta by memory guidance or gate it by timestep, not both")
         b, c, _, h, w = context.shape
         shape = (b, c, n_frames, h, w)
         if latents is None:
@@ -196,6 +223,8 @@ class ChunkSampler:
                 ctx = self.noised_context(context, ctx_noise, t) if noised else context
                 if memory is not None:
                     memory.toggle(False)  # the guided prediction is Phi's alone
+                if gate is not None:
+                    gate.toggle(gate.applies(t))
                 eps = self.guided_noise(denoiser, ctx, x, t, text, null_text, noised=noised)
                 if memory is not None and memory.weight > 0:
                     eps = eps + memory.weight * self.memory_term(denoiser, memory, context, memory_noise, x, t, null_text)
@@ -203,8 +232,9 @@ class ChunkSampler:
                     eps = self._euler_thresholded_output(eps, x)
                 x = self.scheduler.step(eps, t, x).prev_sample
         finally:
-            if memory is not None:
-                memory.toggle(True)
+            for reader in (memory, gate):
+                if reader is not None:
+                    reader.toggle(True)
         return torch.cat([context, x.to(context.dtype)], dim=2)  # the clean context, re-inserted
 
     def memory_term(

@@ -183,7 +183,8 @@ def measure_memory(
 
     With ``memory_guidance`` w > 0 in the learner's settings, "Theta on" in the sampler's regime (``read``,
     ``damage_*``) is what generation then reads: Phi alone plus w times Theta's change on the same clip fully
-    noised under the null text (:class:`slowfast_vgen.diffusion.MemoryGuidance`).
+    noised under the null text (:class:`slowfast_vgen.diffusion.MemoryGuidance`); with ``read_timestep_range``,
+    Theta is off in that regime at the timesteps outside it, as in generation.
     """
     gen, diffusion = system.generator, system.diffusion
     f_g, f_p = gen.chunk_frames, gen.context_frames
@@ -198,10 +199,14 @@ def measure_memory(
         return ep_z[:, :, max(0, s - f_p) : s], ep_z[:, :, s : s + f_g]
 
     guidance = float(learner.settings.memory_guidance)
+    read_range = learner.settings.read_timestep_range
 
     def predict(noisy, full, t, text, on: bool, clean: bool) -> torch.Tensor:
         """The prediction with Theta on / off; on, in the sampler's regime with memory guidance: Phi alone plus
-        w times Theta's change on the fully noised clip (``full``) under the null text."""
+        w times Theta's change on the fully noised clip (``full``) under the null text; with a read range, Phi
+        alone outside it."""
+        if clean and read_range is not None and not read_range[0] <= int(t[0]) < read_range[1]:
+            on = False
         with torch.no_grad():
             learner.set_enabled(on and not (clean and guidance > 0))
             pred = unet_output(system.unet, noisy, t, text).float()

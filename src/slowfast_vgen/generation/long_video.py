@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from slowfast_vgen.diffusion.sampling import ChunkSampler, MemoryGuidance
+from slowfast_vgen.diffusion.sampling import ChunkSampler, MemoryGuidance, ThetaGate
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.lora import TempLoRA, UpdateRecord
 from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video, unet_output
@@ -118,18 +118,20 @@ class LongVideoGenerator:
         context = context_latents[:, :, -self.context_frames :]
         sharded = self.temp_lora is not None and self.temp_lora.sharded
         guided = self.temp_lora is not None and self.temp_lora.settings.memory_guidance > 0
+        read_range = None if self.temp_lora is None else self.temp_lora.settings.read_timestep_range
+        gate = None if read_range is None else ThetaGate(self.temp_lora.set_enabled, *read_range)
         if sharded and self.merge_for_sampling:
             log.warning("merge_for_sampling is off: the UNet is sharded by FSDP, Theta is applied unmerged")
         for i, item in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
-            merge = self.temp_lora is not None and self.merge_for_sampling and not sharded and not guided
+            merge = self.temp_lora is not None and self.merge_for_sampling and not sharded and not guided and gate is None
             memory = None
             if guided:  # Theta read by memory guidance (ChunkSampler); its context noise drawn apart from z_T
                 memory_noise = torch.Generator(device=device).manual_seed(stable_seed(seed, "memory guidance", i))
                 memory = MemoryGuidance(self.temp_lora.set_enabled, self.temp_lora.settings.memory_guidance, memory_noise)
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
-                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator, memory=memory)  # l.8
+                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator, memory=memory, gate=gate)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
             update = None
             if self.temp_lora is not None:  # Alg. 1a l.11-14
