@@ -218,8 +218,8 @@ class TempLoRA:
         self.steps_per_chunk, self.variant, self.explode_factor, self.seed = s.steps_per_chunk, s.variant, float(s.explode_factor), s.seed
         n_train = self.diffusion.num_train_timesteps
         lo, hi = s.timestep_range if s.timestep_range is not None else (0, n_train)
-        if not 0 <= lo < hi <= n_train:
-            raise UserInputError(f"Temp-LoRA: need 0 <= timestep_range[0] < timestep_range[1] <= {n_train}, got {[lo, hi]}")
+        if hi > n_train:  # 0 <= lo < hi: checked by the settings
+            raise UserInputError(f"Temp-LoRA: need timestep_range[1] <= {n_train} (the training timesteps), got {[lo, hi]}")
         self.draws, self.replay, self.reverse, self.clean_context = s.draws, s.replay, s.reverse, s.clean_context
         self.text_condition, self.reverse_actions = s.text_condition, dict(s.reverse_actions or {})
         self.novelty_gate, self.lr_decay = float(s.novelty_gate), float(s.lr_decay)
