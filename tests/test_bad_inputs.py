@@ -54,6 +54,9 @@ CASES = {  # id -> (argv, text the error line must contain)
     "export malicious checkpoint": (["export", "evil.ckpt", "x.safetensors"], "refused"),
     "demo --episodes 1": (["demo", "--episodes", "1"], "--episodes"),
     "demo --noised-context-steps -2": (["demo", "--noised-context-steps", "-2"], "'-2'"),
+    "demo --write-chunks -1": (["demo", "--write-chunks", "-1"], "write_chunks must be >= 0"),
+    "demo --guidance 0 5": (["demo", "--guidance", "0", "5"], "--guidance 0 5"),
+    "evaluate pool missing file": (["evaluate", "pool", "nowhere.json"], "nowhere.json"),
     "evaluate missing config": (["evaluate", "-c", "nowhere.yaml"], "nowhere.yaml"),
     "bench unknown": (["bench", "nothing"], "nothing"),
 }

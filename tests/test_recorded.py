@@ -108,7 +108,7 @@ def test_demo_on_recorded_shards(tmp_path):
     world_shards(tmp_path / "shards", chunk_frames=4, chunks_out=3)
     out = tmp_path / "demo"
     assert main(["--shards", str(tmp_path / "shards"), "--pose-tolerance", "0", "--episodes", "2", "--steps", "2",
-                 "--rank", "4", "--out", str(out)]) == 0
+                 "--rank", "4", "--guidance", "1", "1.5", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["shards"] == str(tmp_path / "shards") and results["n_episodes"] == 2
     summary = results["summary"]["with Temp-LoRA"]
@@ -117,8 +117,14 @@ def test_demo_on_recorded_shards(tmp_path):
     report = (out / "report.md").read_text()
     assert "recorded episodes" in report and "Does the model follow the actions?" not in report
     assert len(list((out / "videos").glob("*.mp4"))) == 2
+    assert results["settings"]["first_episode"] == 0
+    assert results["settings"]["guidance"] == {"image": 1.0, "text": 1.5}  # both arms sampled with it
     with pytest.raises(UserInputError, match="not a folder"):
         main(["--shards", str(tmp_path / "nowhere"), "--episodes", "2", "--out", str(out)])
+    with pytest.raises(UserInputError, match="from episode 2: the shard set holds 2 episodes"):
+        main(["--shards", str(tmp_path / "shards"), "--first-episode", "2", "--episodes", "2", "--out", str(out)])
+    with pytest.raises(UserInputError, match="use it with --shards"):
+        main(["--first-episode", "1", "--episodes", "2", "--out", str(out)])
 
 
 def _memory_needed(ep, chunk_frames, context_frames):

@@ -217,6 +217,28 @@ def test_lr_decay_writes_later_chunks_less():
         make(True, lr_decay=-1)
 
 
+def test_write_chunks_freezes_theta_after_the_budget():
+    """write_chunks=N: chunks 0..N-1 are written as without a budget, later ones leave Theta exactly as it was."""
+    plain = list(make(True, explode_factor=float("inf"))[0].stream(first_frames(), ACTIONS * 2, seed=3))
+    gen, learner = make(True, explode_factor=float("inf"), write_chunks=2)
+    initial = [p.detach().clone() for p in learner.params]
+    stream = gen.stream(first_frames(), ACTIONS * 2, seed=3)
+    frozen = [next(stream), next(stream)]
+    theta = [p.detach().clone() for p in learner.params]
+    assert any(not torch.equal(t, p) for t, p in zip(theta, initial))  # written
+    frozen += list(stream)
+    assert all(torch.equal(t, p) for t, p in zip(theta, learner.params))  # then frozen
+    assert [c.update.skipped for c in frozen] == [False, False, True, True, True, True]
+    assert all("write budget" in c.update.reason for c in frozen[2:])
+    for a, b in zip(plain[:3], frozen[:3]):  # the written chunks and the one sampled right after: as without a budget
+        torch.testing.assert_close(a.latents, b.latents)
+    assert not torch.allclose(plain[4].latents, frozen[4].latents)  # later, the frozen Theta samples otherwise
+    learner.reset()
+    assert learner.chunks_seen == 0  # a new episode has the whole budget again
+    with pytest.raises(UserInputError, match="write_chunks must be >= 0"):
+        make(True, write_chunks=-1)
+
+
 def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_nothing(monkeypatch):
     z = torch.randn(1, 12, 6, 8, 8, generator=torch.Generator().manual_seed(0))
     null = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))

@@ -53,7 +53,7 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.lora import DEFAULT_TARGETS, lora_kwargs, lora_options
+    from slowfast_vgen.lora import DEFAULT_TARGETS, TempLoRASettings, lora_kwargs, lora_options
 
     parser = ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -65,12 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noised-context-steps", type=nonnegative_int, default=None,
                         help="the first N sampling steps see the context noised to their level (Temp-LoRA's regime; "
                              "both arms); default: the config's (0, the paper's clean context)")
+    parser.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("IMAGE", "TEXT"),
+                        help="classifier-free guidance scales of the context and the action text (both arms; "
+                             "default: the config's, the paper's 2 / 5; 1 1: no guidance)")
     lora_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
     parser.add_argument("--shards", type=Path, default=None,
                         help="revisit episodes recorded in a shard set with poses (e.g. `sfvgen data record`) instead "
                              "of the built-in world; use with --config/--weights of a model trained on such data")
+    parser.add_argument("--first-episode", type=nonnegative_int, default=0,
+                        help="--shards: start at this recorded episode (a long benchmark split into runs; the world "
+                             "picks its episodes by --seed)")
     parser.add_argument("--pose-tolerance", type=float, default=4.0,
                         help="--shards: frames within this distance (map units) and at the same angle are one place")
     args = parser.parse_args(argv)
@@ -80,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         from slowfast_vgen.simulators.world import REVERSE
 
     lora = lora_kwargs(args, REVERSE)
+    TempLoRASettings.build(lora)  # a bad Temp-LoRA value fails now, not after the arm without memory
+    if args.first_episode and args.shards is None:
+        raise UserInputError(f"--first-episode {args.first_episode} picks recorded episodes: use it with --shards (the "
+                             "built-in world's episodes are picked by --seed)")
+    if args.guidance is not None and not all(g > 0 for g in args.guidance):
+        raise UserInputError(f"--guidance {args.guidance[0]:g} {args.guidance[1]:g}: both scales must be > 0 (1: no "
+                             "guidance, the conditional prediction alone)")
     if args.episodes < 2:
         raise UserInputError(f"--episodes must be >= 2 to report a spread, got {args.episodes}")
     start = time.perf_counter()
@@ -92,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     system.sampler.num_inference_steps = args.steps
     if args.noised_context_steps is not None:
         system.sampler.noised_context_steps = args.noised_context_steps
+    if args.guidance is not None:
+        system.sampler.guidance_image, system.sampler.guidance_text = args.guidance
     chunk = system.generator.chunk_frames
     if args.shards is not None:
         from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset
@@ -100,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserInputError(f"--shards {str(args.shards)!r}: not a folder (expected a shard set with a "
                                  f"manifest.json, e.g. from `sfvgen data record`)")
         episodes = RecordedRevisitDataset(args.shards, world.get("resolution"), chunk, system.generator.context_frames,
-                                          episodes=args.episodes, pose_tolerance=args.pose_tolerance)
+                                          episodes=args.episodes, pose_tolerance=args.pose_tolerance,
+                                          first_episode=args.first_episode)
     else:
         world.pop("resolution", None)
         episodes = WorldRevisitDataset(args.episodes, seed=args.seed, chunk_frames=chunk, chunks_out=args.chunks_out,
@@ -117,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": model_info, "config": str(args.config), "episodes": args.episodes, "first_seed": args.seed,
         "chunk_frames": chunk, "context_frames": system.generator.context_frames, "chunks_out_and_back": args.chunks_out,
-        **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance} if args.shards is not None else {}),
+        **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance, "first_episode": args.first_episode}
+           if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
         "noised_context_steps": system.sampler.noised_context_steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             frames.append(u8)
             last_context = chunk.latents
             note = f", Temp-LoRA loss {chunk.update.loss:.4f}" if chunk.update else ""
+            note = f", Temp-LoRA not written: {chunk.update.reason}" if chunk.update and chunk.update.skipped else note
             note += " (rolled back)" if chunk.update and chunk.update.rolled_back else ""
             print(f"chunk {chunk.index + 1}: {chunk.action!r} in {time.perf_counter() - t0:.1f} s{note}", flush=True)
             t0 = time.perf_counter()

@@ -69,7 +69,7 @@ class UpdateRecord:
     timesteps: list[int] = field(default_factory=list)
     loss_before: float = math.nan  # the first step's loss on its batch
     loss_after: float = math.nan  # the same batch after the update (only measured with ``loss_guard``)
-    skipped: bool = False  # ``novelty_gate``: Theta already explained the chunk, nothing was written
+    skipped: bool = False  # nothing was written: ``novelty_gate`` (Theta explained the chunk) or ``write_chunks``
     memory_ratio: float = math.nan  # ``novelty_gate``: the chunk's own clip's loss with Theta / without
 
 
@@ -99,6 +99,7 @@ class TempLoRASettings:
     reverse_actions: dict[str, str] | None = None
     novelty_gate: float = 0.0
     lr_decay: float = 0.0
+    write_chunks: int = 0
     update_frames: int = 0
     checkpointing: bool = False
     memory_guidance: float = 0.0
@@ -125,6 +126,8 @@ class TempLoRASettings:
                                  f"got {self.memory_guidance}")
         if self.update_frames < 0:
             raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {self.update_frames}")
+        if self.write_chunks < 0:
+            raise UserInputError(f"Temp-LoRA: write_chunks must be >= 0 (0: every chunk, as Alg. 1a), got {self.write_chunks}")
         for name in ("timestep_range", "read_timestep_range"):
             value = getattr(self, name)
             if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
@@ -180,6 +183,10 @@ class TempLoRA:
         lr_decay: chunk ``i`` of an episode learns at ``lr / (1 + lr_decay * i)`` (0: a constant rate, as the
             paper): early chunks are written firmly, later ones less, so that a return to known places does not
             overwrite them with the model's re-rendering (docs/memory.md: freezing the memory at the turn helped).
+        write_chunks: if > 0, only the first ``write_chunks`` chunks of an episode are written; Theta is frozen
+            after them (a write budget). With the revisit benchmark's ``chunks_out`` it freezes the memory exactly at
+            the turn: an oracle that knows where the way back starts (docs/memory.md, Search 10), not a method. 0:
+            every chunk (Alg. 1a l.11-14).
         update_frames: if > 0, the update trains on the last ``update_frames`` frames of X_i (+) Y_i only (a cheaper
             update: each frame is still written once, as output; ``sfvgen bench temp-lora --components``).
         checkpointing: recompute each layer's activations (in the down / mid / up blocks) in the update's backward
@@ -223,6 +230,7 @@ class TempLoRA:
         self.draws, self.replay, self.reverse, self.clean_context = s.draws, s.replay, s.reverse, s.clean_context
         self.text_condition, self.reverse_actions = s.text_condition, dict(s.reverse_actions or {})
         self.novelty_gate, self.lr_decay = float(s.novelty_gate), float(s.lr_decay)
+        self.write_chunks = int(s.write_chunks)
         self.update_frames, self.checkpointing = int(s.update_frames), bool(s.checkpointing)
         self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(s.loss_guard)
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
@@ -386,6 +394,11 @@ class TempLoRA:
             new = generated.detach().cpu() if self._sequence else z0.cpu()
             self._sequence.append(new)
             self._texts += [(fwd, rev)] * new.shape[2]  # per frame: its chunk's action and reverse
+        if 0 < self.write_chunks <= chunk:  # the write budget is spent: Theta stays as it is
+            record = UpdateRecord(chunk=chunk, loss=math.nan, grad_norm=math.nan, skipped=True,
+                                  reason=f"write budget spent ({self.write_chunks} chunks written)")
+            self.history.append(record)
+            return record
         for group in self.optimizer.param_groups:  # lr_decay: later chunks of the episode write less
             group["lr"] = self.lr / (1.0 + self.lr_decay * chunk)
         snapshot = self._snapshot()
@@ -651,6 +664,8 @@ _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
     "--novelty-gate": ("novelty_gate", float, "skip writing a chunk that Theta already explains (loss ratio "
                        "with / without Theta below this; 0: off)"),
     "--lr-decay": ("lr_decay", float, "chunk i of an episode learns at lr / (1 + lr_decay * i) (0: constant)"),
+    "--write-chunks": ("write_chunks", int, "write only the first N chunks of an episode, then freeze Theta (0: every "
+                       "chunk; N = --chunks-out: the oracle that freezes at the turn)"),
     "--update-frames": ("update_frames", int, "train on the last N frames of input + output only (0: all; cheaper)"),
     "--memory-guidance": ("memory_guidance", float, "read Theta by memory guidance with this weight: Phi alone plus w "
                           "times Theta's change in Eq. 3's regime (0: Theta applied, the paper)"),

@@ -1,0 +1,63 @@
+"""`sfvgen evaluate pool`: one paired test over split revisit runs equals the single run's numbers."""
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.evaluation.cli import main as evaluate_main
+from slowfast_vgen.evaluation.pool import pool_runs
+
+RUN = Path(__file__).resolve().parents[1] / "docs" / "memory_guidance1_demo_20.json"  # an `sfvgen demo` results.json
+
+
+def split(tmp_path, run, at):
+    paths = []
+    for name, episodes in (("a", run["episodes"][:at]), ("b", run["episodes"][at:])):
+        part = copy.deepcopy(run)
+        part["episodes"], part["settings"]["episodes"] = episodes, len(episodes)
+        part["settings"]["first_seed"] = episodes[0]["seed"]
+        path = tmp_path / name / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(part))
+        paths.append(path)
+    return paths
+
+
+def test_pooled_halves_give_the_single_runs_statistics(tmp_path):
+    run = json.loads(RUN.read_text())
+    pooled = pool_runs(split(tmp_path, run, 7))
+    assert pooled["n_episodes"] == run["n_episodes"] == 20
+    for key, diff in run["paired_difference_with_minus_without"].items():
+        for stat in ("mean", "std", "n", "p"):
+            assert pooled["paired_difference_with_minus_without"][key][stat] == pytest.approx(diff[stat], nan_ok=True)
+    assert pooled["memory"]["gap_closed"] == pytest.approx(run["memory"]["gap_closed"])
+    assert pooled["summary"]["with Temp-LoRA"]["Revisit MSE"]["mean"] == pytest.approx(
+        run["summary"]["with Temp-LoRA"]["Revisit MSE"]["mean"])
+    # a different split of other episodes: the statistics change (the test can fail)
+    fewer = pool_runs(split(tmp_path / "x", run, 7)[:1])
+    assert fewer["n_episodes"] == 7 and not math.isclose(fewer["memory"]["gap_closed"], pooled["memory"]["gap_closed"])
+
+
+def test_pool_refuses_shared_episodes_and_other_settings(tmp_path, capsys):
+    run = json.loads(RUN.read_text())
+    a, b = split(tmp_path, run, 10)
+    with pytest.raises(UserInputError, match="episode 10000 is in .* counted twice"):
+        pool_runs([a, a])
+    other = json.loads(b.read_text())
+    other["settings"]["temp_lora"]["lr"] = 3e-3
+    b.write_text(json.dumps(other))
+    with pytest.raises(UserInputError, match=r"temp_lora.lr: 0.001 vs 0.003"):
+        pool_runs([a, b])
+    assert pool_runs([a, b], ignore=["temp_lora.lr"])["ignored_settings"] == ["temp_lora.lr"]
+    out = tmp_path / "pooled.json"
+    assert evaluate_main(["pool", str(a), str(b), "--ignore", "temp_lora.lr", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n_episodes"] == 20 and "gap closed" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{\"summary\": 1}")
+    with pytest.raises(UserInputError, match="not the results.json of an `sfvgen demo` run"):
+        pool_runs([tmp_path / "bad.json"])
+    with pytest.raises(UserInputError, match="no such file"):
+        pool_runs([tmp_path / "missing.json"])
