@@ -2,8 +2,8 @@
 
 A benchmark of 40 episodes costs hours on a CPU; it is natural to run it as several ``sfvgen demo`` runs side by
 side (``--seed`` picks the world's episodes, ``--first-episode`` recorded ones) and then test over all of them.
-The pooled numbers are the ones ``results.json`` of a single run holds (the same :func:`summarize`,
-:func:`paired_difference` and :func:`memory_summary`), recomputed over the union of the runs' episodes.
+The pooled numbers are the ones ``results.json`` of a single run holds (the same
+:func:`slowfast_vgen.evaluation.report.revisit_statistics`), recomputed over the union of the runs' episodes.
 
 Pooling is refused, with the reason, when the runs differ in anything but which episodes they ran (the model,
 sampler, Temp-LoRA settings, benchmark) or share an episode (it would be counted twice). The pairing is within
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
-from slowfast_vgen.evaluation.report import HIGHER_IS_BETTER, memory_summary, verdict
-from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, summarize
+from slowfast_vgen.evaluation.report import revisit_statistics
+from slowfast_vgen.evaluation.revisit import EpisodeResult
 from slowfast_vgen.io import atomic_path
 
 # settings that say which episodes a run covered, or how long it took: allowed to differ between pooled runs
@@ -58,6 +58,10 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
+def _scores(scores: dict[str, Any]) -> dict[str, float]:
+    return {k: float("nan") if v is None else float(v) for k, v in scores.items()}
+
+
 def pool_runs(paths: list[str | Path], ignore: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The paired statistics of ``sfvgen demo`` over the episodes of all ``paths`` (results.json files).
 
@@ -83,19 +87,13 @@ def pool_runs(paths: list[str | Path], ignore: list[str] | tuple[str, ...] = ())
                 raise UserInputError(f"pool: episode {ep['seed']} is in {seen[ep['seed']]} and in {path}: pooled runs "
                                      f"must cover disjoint episodes (it would be counted twice)")
             seen[ep["seed"]] = path
-            scores = {k: float("nan") if v is None else float(v) for k, v in ep["without"].items()}
-            without.append(EpisodeResult(ep["seed"], empty, empty, [], scores=scores))
-            scores = {k: float("nan") if v is None else float(v) for k, v in ep["with"].items()}
-            with_lora.append(EpisodeResult(ep["seed"], empty, empty, [], scores=scores, rollbacks=ep.get("rollbacks_with", 0)))
+            without.append(EpisodeResult(ep["seed"], empty, empty, [], scores=_scores(ep["without"])))
+            with_lora.append(EpisodeResult(ep["seed"], empty, empty, [], scores=_scores(ep["with"]),
+                                           rollbacks=ep.get("rollbacks_with", 0)))
     if not without:
         raise UserInputError(f"pool: no episodes in {[str(p) for p in paths]}")
-    summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
-    keys = [k for k in HIGHER_IS_BETTER if k in without[0].scores]
-    diffs = {k: paired_difference(with_lora, without, k) for k in keys}
     return {
-        "summary": summary, "paired_difference_with_minus_without": diffs,
-        "verdict": {k: verdict(diffs[k], k) for k in keys},
-        "memory": memory_summary(summary, diffs) if "Revisit PSNR" in keys else None,
+        **revisit_statistics(without, with_lora),
         "n_episodes": len(without), "episodes": sorted(seen), "files": [str(p) for p in paths],
         "settings": common, "ignored_settings": list(ignore),
     }

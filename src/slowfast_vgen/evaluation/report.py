@@ -123,11 +123,10 @@ def write_report(
         write_video(out / "videos" / f"episode_{a.seed}", side, fps=fps, upscale=upscale)
         write_filmstrip(out / "videos" / f"episode_{a.seed}_frames.png", [a.real, a.video, b.video], upscale // 2 or 1)
         rows.append(a.seed)
-    summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
-    keys = [k for k in HIGHER_IS_BETTER if k in without[0].scores]
-    diffs = {k: paired_difference(with_lora, without, k) for k in keys}
-    verdicts = {k: verdict(diffs[k], k) for k in keys}
-    memory = memory_summary(summary, diffs) if "Revisit PSNR" in keys else None
+    stats = revisit_statistics(without, with_lora)
+    summary, diffs, verdicts, memory = (stats[k] for k in ("summary", "paired_difference_with_minus_without", "verdict",
+                                                           "memory"))
+    keys = list(diffs)
     plot_similarity(out / "similarity.png", {"without Temp-LoRA": without, "with Temp-LoRA": with_lora})
     results = {
         "summary": summary, "paired_difference_with_minus_without": diffs, "verdict": verdicts,
@@ -168,6 +167,17 @@ def write_report(
         tmp.write_text("\n".join(lines))
     _write_html(out, lines, rows, table, motion, verdicts, memory_lines)
     return out / "index.html"
+
+
+def revisit_statistics(without: list[EpisodeResult], with_lora: list[EpisodeResult]) -> dict[str, Any]:
+    """The statistics of results.json over paired episodes: per-arm summaries, paired differences, their verdicts
+    and the memory scores (used by the report and by ``sfvgen evaluate pool``)."""
+    summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
+    keys = [k for k in HIGHER_IS_BETTER if k in without[0].scores]
+    diffs = {k: paired_difference(with_lora, without, k) for k in keys}
+    return {"summary": summary, "paired_difference_with_minus_without": diffs,
+            "verdict": {k: verdict(diffs[k], k) for k in keys},
+            "memory": memory_summary(summary, diffs) if "Revisit PSNR" in keys else None}
 
 
 def memory_summary(summary: dict, diffs: dict) -> dict[str, Any]:
