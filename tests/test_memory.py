@@ -217,6 +217,37 @@ def test_reversed_clips_get_the_reverse_action_and_replay_windows_their_own_text
     assert torch.equal(cond, null.expand(2, 2, dim))
 
 
+def test_consolidate_rehearses_every_window_reversed_and_turned_back_under_its_texts():
+    unet = build_unet3d("tiny")
+    learner = TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-3, draws=64, consolidate=True, reverse=True, turns=True,
+                       clean_context=2, text_condition="action", reverse_actions={"go left": "go right"})
+    dim = unet.config.cross_attention_dim
+    null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
+    frames = torch.randn(1, unet.config.in_channels, 6, 8, 8)  # an episode of 6 frames: 2 + 2 + 2
+    learner.update(frames[:, :, :2], frames[:, :, 2:4], null, left, right)  # chunk 0: X (+) Y = frames 0-3
+    learner.update(frames[:, :, 2:4], frames[:, :, 4:6], null, left, right)  # chunk 1: frames 2-5
+    z0 = frames[:, :, 2:6]
+    clips, n_clean, _, _, cond = learner._batch(z0, 2, 0, null, left, torch.Generator().manual_seed(0), (left, right))
+    # windows of 4 frames start at 0, 1, 2 (the last is the chunk's own clip, first); each also reversed and turned
+    # back: its last 2 frames, then the 2 before them backwards
+    f = frames[0]
+    expected = [f[:, 2:6]]
+    for s in range(3):
+        w = f[:, s : s + 4]
+        expected += ([w] if s < 2 else []) + [w.flip(1), torch.cat([w[:, 2:], w[:, 1:3].flip(1)], 1)]
+    assert clips.shape[0] == len(expected) == 9 and (n_clean == 2).all()
+    assert all(torch.equal(c, e) for c, e in zip(clips, expected))
+    texts = [left] + [left, right, right, left, right, right, right, right]
+    assert all(torch.equal(c, t[0]) for c, t in zip(cond, texts))  # forwards: the action; back: its reverse
+    capped = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), rank=4, draws=3, consolidate=True, reverse=True)
+    capped.update(frames[:, :, :2], frames[:, :, 2:4], null)
+    capped.update(frames[:, :, 2:4], frames[:, :, 4:6], null)
+    clips, *_ = capped._batch(z0, 2, 0, null, null, torch.Generator().manual_seed(0), (null, null))
+    assert clips.shape[0] == 3 and torch.equal(clips[0], z0[0])  # at most `draws` clips, the chunk's own always in
+    with pytest.raises(UserInputError, match="turns.*consolidate"):
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), turns=True)
+
+
 def test_bench_memory_prints_written_read_damage(tmp_path, capsys):
     import json
 

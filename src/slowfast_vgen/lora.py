@@ -100,6 +100,8 @@ class TempLoRASettings:
     novelty_gate: float = 0.0
     lr_decay: float = 0.0
     write_chunks: int = 0
+    consolidate: bool = False
+    turns: bool = False
     update_frames: int = 0
     checkpointing: bool = False
     memory_guidance: float = 0.0
@@ -114,9 +116,12 @@ class TempLoRASettings:
         if self.draws < 1 or self.clean_context < 0 or self.loss_guard < 0:
             raise UserInputError(f"Temp-LoRA: need draws >= 1, clean_context >= 0, loss_guard >= 0; got {self.draws}, "
                                  f"{self.clean_context}, {self.loss_guard}")
-        if self.variant != "temp-lora" and (self.replay or self.reverse or self.clean_context):
-            raise UserInputError(f"Temp-LoRA: replay / reverse / clean_context are options of variant 'temp-lora', "
-                                 f"not of {self.variant!r}")
+        if self.variant != "temp-lora" and (self.replay or self.reverse or self.clean_context or self.consolidate):
+            raise UserInputError(f"Temp-LoRA: replay / reverse / clean_context / consolidate are options of variant "
+                                 f"'temp-lora', not of {self.variant!r}")
+        if self.turns and not self.consolidate:
+            raise UserInputError("Temp-LoRA: turns adds turn-back clips to the windows of consolidate; set "
+                                 "consolidate too")
         if self.text_condition not in TEXT_CONDITIONS:
             raise UserInputError(f"Temp-LoRA text_condition {self.text_condition!r}; expected one of {list(TEXT_CONDITIONS)}")
         if not self.lr_decay >= 0:
@@ -183,6 +188,15 @@ class TempLoRA:
         lr_decay: chunk ``i`` of an episode learns at ``lr / (1 + lr_decay * i)`` (0: a constant rate, as the
             paper): early chunks are written firmly, later ones less, so that a return to known places does not
             overwrite them with the model's re-rendering (docs/memory.md: freezing the memory at the turn helped).
+        consolidate: every step trains on every window of the episode so far (each start; with ``reverse`` each
+            also time-reversed), one batch, instead of ``draws - 1`` random ones beside the chunk's clip: the whole
+            episode is rehearsed after each chunk, so a later chunk does not overwrite what earlier ones wrote.
+            ``draws`` caps the batch (a random subset of the clips, the chunk's own always in it). Search 11 of
+            docs/memory.md: written on one chunk at a time Theta forgets and is not read; rehearsed jointly it is.
+        turns: with ``consolidate``, also the way back from the end of each window: its last input frames, then
+            the frames before them in reverse order, under the reverse action. It assumes the actions are
+            reversible (reversing an action retraces the views: a camera moving through a static scene); without
+            it a Theta that rehearsed the outward direction fights the action at the turn (Search 11).
         write_chunks: if > 0, only the first ``write_chunks`` chunks of an episode are written; Theta is frozen
             after them (a write budget). With the revisit benchmark's ``chunks_out`` it freezes the memory exactly at
             the turn: an oracle that knows where the way back starts (docs/memory.md, Search 10), not a method. 0:
@@ -231,6 +245,7 @@ class TempLoRA:
         self.text_condition, self.reverse_actions = s.text_condition, dict(s.reverse_actions or {})
         self.novelty_gate, self.lr_decay = float(s.novelty_gate), float(s.lr_decay)
         self.write_chunks = int(s.write_chunks)
+        self.consolidate, self.turns = bool(s.consolidate), bool(s.turns)
         self.update_frames, self.checkpointing = int(s.update_frames), bool(s.checkpointing)
         self.timestep_range, self.loss_guard = (int(lo), int(hi)), float(s.loss_guard)
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, lora_dropout=0.0)
@@ -267,7 +282,7 @@ class TempLoRA:
 
     def reverse_action(self, action: str) -> str | None:
         """The text of a time-reversed copy of a clip made under ``action`` (None: not needed or not known)."""
-        if not (self.reverse and self.text_condition == "action"):
+        if not ((self.reverse or self.turns) and self.text_condition == "action"):
             return None
         return self.reverse_actions.get(action)
 
@@ -390,7 +405,7 @@ class TempLoRA:
         self.chunks_seen += 1
         z0 = torch.cat([context, generated], dim=2).detach()  # Alg. 1a l.11: X_i (+) Y_i, (B, C, f_p+f_g, h, w)
         n_input = context.shape[2]
-        if self.variant == "no-local" or self.replay:
+        if self.variant == "no-local" or self.replay or self.consolidate:
             new = generated.detach().cpu() if self._sequence else z0.cpu()
             self._sequence.append(new)
             self._texts += [(fwd, rev)] * new.shape[2]  # per frame: its chunk's action and reverse
@@ -484,6 +499,11 @@ class TempLoRA:
             if text is None:
                 raise UserInputError("Temp-LoRA variant 'original' needs the action text of the chunk")
             clips, n_clean, cond = z0, n_input, text  # clean input, noised output, with text (Eq. 1)
+        elif self.consolidate:
+            parts = self._rehearsal(z0, n_input, g)
+            clips = torch.cat([p for p, _ in parts])
+            n_clean = min(self.clean_context, clips.shape[2] - 1)
+            cond = torch.cat([tx.expand(p.shape[0], *tx.shape[1:]) for p, tx in parts])
         else:
             parts = [(z0, texts)] + [self._sample_window(z0, g, with_text=True) if self.replay else (z0, texts)
                                      for _ in range(self.draws - 1)]
@@ -506,6 +526,30 @@ class TempLoRA:
             pred = unet_output(self.unet, noisy, t, cond)
             target = self.diffusion.target(z0, noise, t)  # eps (paper), or v for a v-prediction model
             return masked_mse(pred, target, n_clean)  # Alg. 1a l.13 (all frames unless some are clean)
+
+    def _rehearsal(self, z0: torch.Tensor, n_input: int, g: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``consolidate``: (clip, text) for every window of z0's length in the episode so far, each also reversed
+        (``reverse``, under the reverse action of its first frame) and followed by its turn back (``turns``: the
+        window's last ``n_input`` frames, then the ``f_g`` frames before them backwards, under the reverse action of
+        its last frame); at most ``draws`` of them, the chunk's own clip (the last window) always included."""
+        seq = torch.cat(self._sequence, dim=2)  # ends with z0
+        length, n_gen = z0.shape[2], z0.shape[2] - n_input
+        own = (z0, self._texts[-1][0])
+        parts = []
+        for start in range(seq.shape[2] - length + 1):
+            end = start + length - 1
+            window = seq[:, :, start : end + 1].to(z0.device, z0.dtype)
+            if end < seq.shape[2] - 1:
+                parts.append((window, self._texts[end][0]))
+            if self.reverse:
+                parts.append((window.flip(2), self._texts[start][1]))
+            if self.turns and n_input >= 1:  # Alg. 1a's X_i (+) Y_i for "go back from here"
+                back = torch.cat([window[:, :, length - n_input :], window[:, :, length - 1 - n_gen : length - 1].flip(2)], 2)
+                parts.append((back, self._texts[end][1]))
+        if len(parts) > self.draws - 1:
+            keep = torch.randperm(len(parts), generator=g)[: self.draws - 1].sort().values
+            parts = [parts[int(i)] for i in keep]
+        return [own] + parts
 
     def _sample_window(self, z0: torch.Tensor, g: torch.Generator, with_text: bool = False):
         """A window of z0's length from the episode so far; ``with_text``: also (the action text of its last
@@ -648,10 +692,14 @@ def _per_sample_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
 # whole clip noised, no text; one step per chunk, which the paper leaves open). "memory": what the search in
 # docs/memory.md found to store places so that the way back reads them (clean-context clips under their action's
 # text, time-reversed copies under the reverse action, more steps at a higher rate, guarded against divergence).
+# "episodic": what Search 11 found to be read in generation: after each chunk the whole episode so far is rehearsed
+# in one batch (every window, reversed, and the way back from each), clean context under the action's text.
 TEMP_LORA_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(rank=32, lr=1e-4, steps_per_chunk=1),
     "memory": dict(rank=32, lr=1e-3, steps_per_chunk=20, draws=2, reverse=True, clean_context=4,
                    text_condition="action", explode_factor=math.inf, loss_guard=1.5),
+    "episodic": dict(rank=32, lr=1e-3, steps_per_chunk=30, draws=12, consolidate=True, reverse=True, turns=True,
+                     clean_context=4, text_condition="action", explode_factor=math.inf),
 }
 _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
     "--rank": ("rank", positive_int, "LoRA rank (paper: 32)"),
@@ -678,13 +726,18 @@ def lora_options(parser: Any, default_preset: str = "paper") -> None:
     """Temp-LoRA settings as command-line options (``bench memory``, the demo): a preset and overrides."""
     parser.add_argument("--temp-lora", default=default_preset, choices=sorted(TEMP_LORA_PRESETS),
                         help=f"Temp-LoRA settings to start from (default: {default_preset}; paper: as the paper "
-                        "states them; memory: the variant that docs/memory.md found to be read best)")
+                        "states them; memory: the variant read best under teacher forcing; episodic: the one "
+                        "read in generation, docs/memory.md Search 11)")
     for flag, (_, kind, text) in _OPTIONS.items():
         parser.add_argument(flag, type=kind, default=None, help=f"{text}; overrides the preset")
     parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=None,
                         help="extra draws from the episode so far")
     parser.add_argument("--reverse", action=argparse.BooleanOptionalAction, default=None,
                         help="every other clip reversed in time")
+    parser.add_argument("--consolidate", action=argparse.BooleanOptionalAction, default=None,
+                        help="every step rehearses every window of the episode so far (at most --draws clips)")
+    parser.add_argument("--turns", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --consolidate: also the way back from the end of each window (reversible actions)")
     parser.add_argument("--text-condition", default=None, choices=["none", "action"],
                         help="update clips under the empty prompt (Eq. 3) or their action's text")
     parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LO", "HI"),
@@ -702,12 +755,13 @@ def lora_kwargs(args: Any, reverse_actions: dict[str, str] | None = None) -> dic
     """TempLoRA kwargs from :func:`lora_options`; ``reverse_actions``: the domain's action reversal."""
     kw = dict(TEMP_LORA_PRESETS[args.temp_lora])
     given = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _, _) in _OPTIONS.items()}
-    given.update(replay=args.replay, reverse=args.reverse, text_condition=args.text_condition,
+    given.update(replay=args.replay, reverse=args.reverse, consolidate=args.consolidate, turns=args.turns,
+                 text_condition=args.text_condition,
                  timestep_range=None if args.timestep_range is None else list(args.timestep_range),
                  read_timestep_range=None if args.read_timestep_range is None else list(args.read_timestep_range),
                  checkpointing=args.checkpointing, target_modules=parse_targets(args.targets))
     kw.update({k: v for k, v in given.items() if v is not None})
-    if kw.get("reverse") and kw.get("text_condition") == "action":
+    if (kw.get("reverse") or kw.get("turns")) and kw.get("text_condition") == "action":
         kw["reverse_actions"] = dict(reverse_actions or {})
     return kw
 

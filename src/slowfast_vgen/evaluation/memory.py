@@ -176,8 +176,8 @@ def measure_memory(
       trained on (> 0: the update stored them);
     * ``return_eq3``: the same on the return chunks (the same places, played backwards);
     * ``read``: 1 - L_on / L_off in the sampler's regime (clean context, noised targets, the action text) on
-      the return chunks, on the latent positions that need memory (not shown by the context): > 0 means the
-      model denoises what it must remember better with Theta;
+      the return chunks, on the latent positions that need memory (not shown by the context; pooled over them, as
+      the benchmark pools pixels): > 0 means the model denoises what it must remember better with Theta;
     * ``damage_context``: L_on / L_off - 1 in the sampler's regime on the positions the context shows (copying);
     * ``damage_unseen``: the same on every target position of another episode's chunks (``unseen``).
 
@@ -259,12 +259,16 @@ def measure_memory(
         vis = torch.stack([_latent_mask(~pix[j], h) for j in frames])
         pad = torch.zeros(ctx.shape[2], h, h, dtype=torch.bool)
         text = system.encode_text([episode["actions"][c]])
+        # pooled over latent cells, as the benchmark's Revisit MSE pools pixels: a chunk weighs by how much of it
+        # needs memory (the turn's chunk has a few cells, the return's later ones half their frames)
         if mem.any():
             on, off = losses(ctx, tgt, text, torch.cat([pad, mem]), clean=True, salt=100 + c)
-            mem_on, mem_off, mem_n = mem_on + on, mem_off + off, mem_n + 1
+            k = int(mem.sum())
+            mem_on, mem_off, mem_n = mem_on + k * on, mem_off + k * off, mem_n + k
         if vis.any():
             on, off = losses(ctx, tgt, text, torch.cat([pad, vis]), clean=True, salt=200 + c)
-            vis_on, vis_off, vis_n = vis_on + on, vis_off + off, vis_n + 1
+            k = int(vis.sum())
+            vis_on, vis_off, vis_n = vis_on + k * on, vis_off + k * off, vis_n + k
     mean = lambda x: float(x.mean())  # noqa: E731
     out = {
         "written": 1 - mean(seen_on) / mean(seen_off),
