@@ -350,6 +350,38 @@ def test_read_timestep_range_applies_theta_only_at_the_steps_it_admits():
         TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_timestep_range=(500, 1000), memory_guidance=1.0)
 
 
+def test_read_gate_applies_theta_only_to_chunks_whose_start_the_memory_recognises():
+    """A gate that admits nothing is the no-memory arm (Theta still written); one that admits everything is the
+    ungated generator; recognition is 0 where a rehearsed clip under the action starts at the context exactly."""
+    kw = dict(consolidate=True, reverse=True, turns=True, draws=4, clean_context=2, text_condition="action",
+              reverse_actions={"go left": "go right", "go right": "go left", "go up": "go down"})
+    plain, _ = make(False)
+    no_memory = [c.latents for c in plain.stream(first_frames(), ACTIONS, seed=3)]
+    ungated = [c.latents for c in make(True, **kw)[0].stream(first_frames(), ACTIONS, seed=3)]
+    closed = list(make(True, read_gate=1e-30, **kw)[0].stream(first_frames(), ACTIONS, seed=3))
+    assert all(torch.equal(c.latents, z) for c, z in zip(closed, no_memory))
+    assert [c.update.read for c in closed] == [False] * 3 and closed[-1].update.loss > 0  # written, never read
+    assert not torch.equal(ungated[-1], no_memory[-1])  # ... so the gate withheld a Theta that changes the video
+    opened = list(make(True, read_gate=1e30, **kw)[0].stream(first_frames(), ACTIONS, seed=3))
+    assert all(torch.equal(c.latents, z) for c, z in zip(opened[:2], ungated[:2]))
+    # nothing written before the first chunk, and no clip rehearsed under "go up" before the third: not read
+    assert [c.update.read for c in opened] == [False, True, False]
+    assert [c.update.recognition for c in opened][::2] == [float("inf")] * 2
+    _, learner = make(True, **kw)
+    dim = learner.unet.config.cross_attention_dim
+    null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
+    frames = torch.randn(1, learner.unet.config.in_channels, 8, 4, 4)
+    assert learner.recognition(frames[:, :, :2], left) == float("inf")  # nothing written yet
+    learner.update(frames[:, :, :2], frames[:, :, 2:5], null, left, right)
+    learner.update(frames[:, :, 3:5], frames[:, :, 5:8], null, left, right)
+    here = frames[:, :, 6:8]  # the context at the end: the turn back from here under "go right" is rehearsed
+    assert learner.recognition(here, right) == 0.0
+    assert learner.recognition(here, left) > 0.3  # the same place under the outward action: not a clip it holds
+    assert learner.recognition(torch.randn_like(here) * 3, right) > 0.3  # a place never seen
+    with pytest.raises(UserInputError, match="read_gate.*consolidate"):
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_gate=0.5)
+
+
 def test_memory_guidance_reads_a_learned_theta_and_nothing_from_a_zero_one():
     plain, _ = make(False)
     guided, learner = make(True, memory_guidance=1.0)

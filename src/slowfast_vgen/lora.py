@@ -71,6 +71,8 @@ class UpdateRecord:
     loss_after: float = math.nan  # the same batch after the update (only measured with ``loss_guard``)
     skipped: bool = False  # nothing was written: ``novelty_gate`` (Theta explained the chunk) or ``write_chunks``
     memory_ratio: float = math.nan  # ``novelty_gate``: the chunk's own clip's loss with Theta / without
+    read: bool = True  # generation applied Theta to this chunk (``read_gate`` may withhold it)
+    recognition: float = math.nan  # ``read_gate``: the chunk's recognition ratio (:meth:`TempLoRA.recognition`)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class TempLoRASettings:
     checkpointing: bool = False
     memory_guidance: float = 0.0
     read_timestep_range: tuple[int, int] | None = None
+    read_gate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -129,6 +132,12 @@ class TempLoRASettings:
         if not self.memory_guidance >= 0:
             raise UserInputError(f"Temp-LoRA: memory_guidance must be >= 0 (0: Theta applied directly, as the paper), "
                                  f"got {self.memory_guidance}")
+        if not self.read_gate >= 0:
+            raise UserInputError(f"Temp-LoRA: read_gate must be >= 0 (0: Theta read at every chunk, as the paper), "
+                                 f"got {self.read_gate}")
+        if self.read_gate and not self.consolidate:
+            raise UserInputError(f"Temp-LoRA: read_gate {self.read_gate} looks the chunk up among the clips that "
+                                 "consolidate rehearses; set consolidate too")
         if self.update_frames < 0:
             raise UserInputError(f"Temp-LoRA: update_frames must be >= 0 (0: the whole clip), got {self.update_frames}")
         if self.write_chunks < 0:
@@ -211,6 +220,12 @@ class TempLoRA:
         read_timestep_range: ``[lo, hi)``: generation applies Theta only at the sampler's steps with a timestep in
             it (Phi alone at the others; :class:`slowfast_vgen.diffusion.sampling.ThetaGate`), e.g. where the update
             wrote (``timestep_range``). None: every step (the paper).
+        read_gate: if > 0 (with ``consolidate``), generation applies Theta to a chunk only when the memory recognises
+            where it starts: some rehearsed clip under the chunk's action text begins with frames within ``read_gate``
+            times the median distance of all the rehearsed clips' beginnings from the chunk's context
+            (:meth:`recognition`); elsewhere Phi generates alone, so content the memory does not hold is not
+            bent towards content it does. A key / value lookup not in the paper (docs/memory.md, Search 12). 0:
+            Theta at every chunk (the paper).
 
     ``target_modules`` may be a regular expression (peft's convention), e.g. ``r"up_blocks.*(to_q|to_k|to_v|to_out.0)"``
     for Theta on the decoder only: the backward pass then stops where the first LoRA layer is, and the encoder's
@@ -279,6 +294,7 @@ class TempLoRA:
         self.history, self.chunks_seen = [], 0
         self._sequence: list[torch.Tensor] = []  # for variant "no-local" and replay
         self._texts: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame of _sequence: (text, reverse text)
+        self._clip: tuple[int, int] | None = None  # (frames, input frames) of the last update's clip, for recognition
 
     def reverse_action(self, action: str) -> str | None:
         """The text of a time-reversed copy of a clip made under ``action`` (None: not needed or not known)."""
@@ -424,6 +440,7 @@ class TempLoRA:
         if 0 < self.update_frames < z0.shape[2]:  # a cheaper update: the last frames only
             clip = z0[:, :, -self.update_frames:]
             n_clip_input = max(0, n_input - (z0.shape[2] - self.update_frames))
+        self._clip = (clip.shape[2], n_clip_input)
         for step in range(self.steps_per_chunk):
             batch = self._batch(clip, n_clip_input, step, null_text, text, g, (fwd, rev))
             own_batch = own_batch or batch
@@ -528,28 +545,61 @@ class TempLoRA:
             return masked_mse(pred, target, n_clean)  # Alg. 1a l.13 (all frames unless some are clean)
 
     def _rehearsal(self, z0: torch.Tensor, n_input: int, g: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``consolidate``: (clip, text) for every window of z0's length in the episode so far, each also reversed
-        (``reverse``, under the reverse action of its first frame) and followed by its turn back (``turns``: the
-        window's last ``n_input`` frames, then the ``f_g`` frames before them backwards, under the reverse action of
-        its last frame); at most ``draws`` of them, the chunk's own clip (the last window) always included."""
-        seq = torch.cat(self._sequence, dim=2)  # ends with z0
-        length, n_gen = z0.shape[2], z0.shape[2] - n_input
+        """``consolidate``: (clip, text) for every window of z0's length in the episode so far (:meth:`_episode_clips`),
+        at most ``draws`` of them, the chunk's own clip (the last window) always included."""
         own = (z0, self._texts[-1][0])
+        parts = self._episode_clips(z0.shape[2], n_input, z0.device, z0.dtype)
+        if len(parts) > self.draws - 1:
+            keep = torch.randperm(len(parts), generator=g)[: self.draws - 1].sort().values
+            parts = [parts[int(i)] for i in keep]
+        return [own] + parts
+
+    def _episode_clips(self, length: int, n_input: int, device, dtype,
+                       last: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(clip, text) for every window of ``length`` frames in the episode so far, forwards under the action of its
+        last frame (the last window only with ``last``: the chunk's own clip is added apart), reversed (``reverse``,
+        under the reverse action of its first frame) and followed by its turn back (``turns``: the window's last
+        ``n_input`` frames, then the ``length - n_input`` frames before them backwards, under the reverse action of
+        its last frame)."""
+        seq = torch.cat(self._sequence, dim=2)
+        n_gen = length - n_input
         parts = []
         for start in range(seq.shape[2] - length + 1):
             end = start + length - 1
-            window = seq[:, :, start : end + 1].to(z0.device, z0.dtype)
-            if end < seq.shape[2] - 1:
+            window = seq[:, :, start : end + 1].to(device, dtype)
+            if last or end < seq.shape[2] - 1:
                 parts.append((window, self._texts[end][0]))
             if self.reverse:
                 parts.append((window.flip(2), self._texts[start][1]))
             if self.turns and n_input >= 1:  # Alg. 1a's X_i (+) Y_i for "go back from here"
                 back = torch.cat([window[:, :, length - n_input :], window[:, :, length - 1 - n_gen : length - 1].flip(2)], 2)
                 parts.append((back, self._texts[end][1]))
-        if len(parts) > self.draws - 1:
-            keep = torch.randperm(len(parts), generator=g)[: self.draws - 1].sort().values
-            parts = [parts[int(i)] for i in keep]
-        return [own] + parts
+        return parts
+
+    def recognition(self, context: torch.Tensor, text: torch.Tensor | None = None) -> float:
+        """How well the memory knows where the next chunk starts (``read_gate``): the mean squared distance from
+        ``context`` (B, C, f, h, w; its last frames) to the beginning of the nearest clip rehearsed under ``text``
+        (the chunk's action, when the update is conditioned on it), over the median distance to the beginnings of all
+        of them. Near 0: the memory holds a clip that starts here under this action (a return along a written path);
+        near 1 or above: it does not (new ground, or the same ground under another action). ``inf`` before any
+        chunk was written."""
+        if not self._sequence or self._clip is None:
+            return math.inf
+        length, n_input = self._clip
+        k = min(context.shape[2], n_input)
+        if k == 0:
+            return math.inf
+        parts = self._episode_clips(length, n_input, context.device, context.dtype, last=True)
+        if not parts:
+            return math.inf
+        query = context[:, :, -k:]
+        dist = torch.stack([((clip[:, :, :k] - query) ** 2).mean() for clip, _ in parts])
+        same = [text is None or self.text_condition != "action" or (tx.shape == text.shape and torch.equal(tx, text))
+                for _, tx in parts]
+        if not any(same):
+            return math.inf
+        nearest = dist[torch.tensor(same, device=dist.device)].min()
+        return float(nearest / dist.median().clamp_min(1e-12))
 
     def _sample_window(self, z0: torch.Tensor, g: torch.Generator, with_text: bool = False):
         """A window of z0's length from the episode so far; ``with_text``: also (the action text of its last
@@ -715,6 +765,8 @@ _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
     "--write-chunks": ("write_chunks", int, "write only the first N chunks of an episode, then freeze Theta (0: every "
                        "chunk; N = --chunks-out: the oracle that freezes at the turn)"),
     "--update-frames": ("update_frames", int, "train on the last N frames of input + output only (0: all; cheaper)"),
+    "--read-gate": ("read_gate", float, "with --consolidate: apply Theta to a chunk only when a rehearsed clip under its "
+                    "action starts within this fraction of the median distance from its context (0: every chunk)"),
     "--memory-guidance": ("memory_guidance", float, "read Theta by memory guidance with this weight: Phi alone plus w "
                           "times Theta's change in Eq. 3's regime (0: Theta applied, the paper)"),
     "--explode-factor": ("explode_factor", float, "roll back an update whose gradient norm exceeds this multiple "

@@ -131,8 +131,8 @@ def write_report(
     results = {
         "summary": summary, "paired_difference_with_minus_without": diffs, "verdict": verdicts,
         "memory": memory, "n_episodes": len(without),
-        "episodes": [{"seed": a.seed, "without": a.scores, "with": b.scores, "rollbacks_with": b.rollbacks}
-                     for a, b in zip(without, with_lora)],
+        "episodes": [{"seed": a.seed, "without": a.scores, "with": b.scores, "rollbacks_with": b.rollbacks,
+                      "theta_read_chunks_with": b.read_chunks, "recognition_with": b.recognition} for a, b in zip(without, with_lora)],
         "settings": settings,
     }
     with atomic_path(out / "results.json") as tmp:

@@ -32,6 +32,8 @@ class EpisodeResult:
     scores: dict[str, float] = field(default_factory=dict)
     similarity: list[tuple[int, float]] = field(default_factory=list)  # (frame, cos sim to its first visit)
     rollbacks: int = 0
+    read_chunks: list[int] | None = None  # chunks that generation applied Theta to (``read_gate``); None: no memory
+    recognition: list[float | None] | None = None  # ``read_gate``: each chunk's recognition ratio (None: inf / not gated)
 
 
 def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: dict | None, progress: bool = True) -> list[dict]:
@@ -101,6 +103,8 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
             seed=int(ep["seed"]), video=video, real=real, revisits=revisits,
             scores={**scores, **following},
             similarity=sorted(similarity), rollbacks=sum(u.rolled_back for u in updates),
+            read_chunks=[u.chunk for u in updates if u.read] if updates else None,
+            recognition=[u.recognition if math.isfinite(u.recognition) else None for u in updates] if updates else None,
         ))
     return results
 

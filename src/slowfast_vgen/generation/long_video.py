@@ -10,6 +10,7 @@ with the video's length; chunks are handed out as they are made (``stream``).
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -125,19 +126,27 @@ class LongVideoGenerator:
         for i, item in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
-            merge = self.temp_lora is not None and self.merge_for_sampling and not sharded and not guided and gate is None
+            read, recognition = self.temp_lora is not None, math.nan
+            if read and self.temp_lora.settings.read_gate > 0:  # read Theta only where the memory knows the start
+                recognition = self.temp_lora.recognition(context, text)
+                read = recognition < self.temp_lora.settings.read_gate
+                self.temp_lora.set_enabled(read)
+            merge = read and self.merge_for_sampling and not sharded and not guided and gate is None
             memory = None
-            if guided:  # Theta read by memory guidance (ChunkSampler); its context noise drawn apart from z_T
+            if read and guided:  # Theta read by memory guidance (ChunkSampler); its context noise drawn apart from z_T
                 memory_noise = torch.Generator(device=device).manual_seed(stable_seed(seed, "memory guidance", i))
                 memory = MemoryGuidance(self.temp_lora.set_enabled, self.temp_lora.settings.memory_guidance, memory_noise)
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
-                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator, memory=memory, gate=gate)  # l.8
+                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator, memory=memory,
+                                        gate=gate if read else None)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
             update = None
             if self.temp_lora is not None:  # Alg. 1a l.11-14
+                self.temp_lora.set_enabled(True)  # the update trains Theta, read or not
                 back = self.temp_lora.reverse_action(action)
                 back_text = None if back is None else self.text_encoder([back] * b).to(device)
                 update = self.temp_lora.update(context, new, null, text, back_text)
+                update.read, update.recognition = read, recognition
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update)
             for hook in self.on_chunk_end:
                 hook(chunk)
