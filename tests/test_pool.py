@@ -61,3 +61,29 @@ def test_pool_refuses_shared_episodes_and_other_settings(tmp_path, capsys):
         pool_runs([tmp_path / "bad.json"])
     with pytest.raises(UserInputError, match="no such file"):
         pool_runs([tmp_path / "missing.json"])
+
+
+def test_plot_places_runs_against_the_memory_bar(tmp_path, capsys):
+    from slowfast_vgen.evaluation.pool import plot_runs
+
+    run = json.loads(RUN.read_text())
+    good = copy.deepcopy(run)  # a run that clears the bar: a third of the gap, p = 0.01, 0.2 dB damage
+    good["memory"].update(gap_closed=0.33, damage_other_frames_db=0.2)
+    good["paired_difference_with_minus_without"]["Revisit PSNR"]["p"] = 0.01
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    rows = plot_runs({"demo": RUN, "good": tmp_path / "good.json"}, tmp_path / "map.png")
+    assert [r["clears_bar"] for r in rows] == [False, True]
+    assert rows[0]["gap_closed"] == pytest.approx(run["memory"]["gap_closed"]) and rows[0]["n"] == 20
+    for key, value in (("gap_closed", 0.2), ("damage_other_frames_db", 0.6)):  # each condition alone fails it
+        bad = copy.deepcopy(good)
+        bad["memory"][key] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        assert not plot_runs({"bad": tmp_path / "bad.json"}, tmp_path / "bad.png")[0]["clears_bar"]
+    assert (tmp_path / "map.png").stat().st_size > 5000
+    assert evaluate_main(["plot", f"demo={RUN}", "--out", str(tmp_path / "cli.png")]) == 0
+    assert "gap" in capsys.readouterr().out and (tmp_path / "cli.png").is_file()
+    with pytest.raises(UserInputError, match="is not LABEL=JSON"):
+        evaluate_main(["plot", str(RUN), "--out", str(tmp_path / "x.png")])
+    (tmp_path / "nomem.json").write_text(json.dumps({"summary": {}}))
+    with pytest.raises(UserInputError, match="no memory scores"):
+        plot_runs({"x": tmp_path / "nomem.json"}, tmp_path / "x.png")

@@ -3,7 +3,8 @@
 ``sfvgen evaluate human-sheet VIDEO_DIR``: a rating sheet for human evaluation (App. C.3).
 
 ``sfvgen evaluate pool RUN/results.json ...``: one paired test over the episodes of several ``sfvgen demo`` runs
-(:mod:`slowfast_vgen.evaluation.pool`).
+(:mod:`slowfast_vgen.evaluation.pool`); ``sfvgen evaluate plot LABEL=RUN.json ...``: gap closed against damage
+for several runs, with the memory bar.
 
 An evaluation YAML names the model (an experiment YAML + optional UNet weights), the benchmark (revisit
 episodes of the built-in world, or with ``benchmark.shards`` recorded episodes with poses, e.g. ViZDoom from
@@ -304,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         from slowfast_vgen.evaluation.pool import main as pool_main
 
         return pool_main(argv[1:])
+    if argv and argv[0] == "plot":  # sfvgen evaluate plot LABEL=RUN.json ... (runs against the memory bar)
+        from slowfast_vgen.evaluation.pool import plot_main
+
+        return plot_main(argv[1:])
     p = ArgumentParser(prog="sfvgen evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("-c", "--config", required=True)
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. benchmark.episodes=2 settings.steps=5")

@@ -1,4 +1,5 @@
-"""``sfvgen evaluate pool RUN/results.json ...``: one paired test over the episodes of several revisit runs.
+"""``sfvgen evaluate pool RUN/results.json ...``: one paired test over the episodes of several revisit runs;
+``sfvgen evaluate plot LABEL=RUN.json ...``: where runs stand against the memory bar (:func:`plot_runs`).
 
 A benchmark of 40 episodes costs hours on a CPU; it is natural to run it as several ``sfvgen demo`` runs side by
 side (``--seed`` picks the world's episodes, ``--first-episode`` recorded ones) and then test over all of them.
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
-from slowfast_vgen.evaluation.report import revisit_statistics
+from slowfast_vgen.evaluation.report import MAX_DAMAGE_DB, revisit_statistics
 from slowfast_vgen.evaluation.revisit import EpisodeResult
 from slowfast_vgen.io import atomic_path
 
@@ -120,4 +121,92 @@ def main(argv: list[str] | None = None) -> int:
               f" n = {pooled['n_episodes']} episodes from {len(args.results)} run{'s' if len(args.results) > 1 else ''}")
     if args.out is not None:
         print(f"pooled: {args.out.resolve()}")
+    return 0
+
+
+MIN_GAP_CLOSED = 0.25  # the memory bar of issue 13: a quarter of the floor-to-ceiling gap ...
+MAX_P = 0.05  # ... with a paired p below this (and damage at most MAX_DAMAGE_DB)
+
+
+def run_memory(path: str | Path) -> dict[str, Any]:
+    """The memory scores of one run or pool (an ``sfvgen demo`` results.json or an ``sfvgen evaluate pool`` output):
+    gap closed, damage, the Revisit PSNR paired difference, n, and whether it clears the bar."""
+    path = Path(path)
+    try:
+        run = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: no such file (expected a results.json or a pooled JSON)") from None
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    memory = run.get("memory") if isinstance(run, dict) else None
+    if not isinstance(memory, dict) or "gap_closed" not in memory:
+        raise UserInputError(f"{path}: no memory scores (expected 'memory' with 'gap_closed', as `sfvgen demo` "
+                             "and `sfvgen evaluate pool` write)")
+    diff = run["paired_difference_with_minus_without"]["Revisit PSNR"]
+    gap, damage, p = memory["gap_closed"], memory["damage_other_frames_db"], diff["p"]
+    return {"gap_closed": gap, "damage_db": damage, "revisit_psnr_db": diff["mean"], "p": p, "n": diff["n"],
+            "n_episodes": run.get("n_episodes", diff["n"]),
+            "clears_bar": bool(gap >= MIN_GAP_CLOSED and p < MAX_P and damage <= MAX_DAMAGE_DB)}
+
+
+def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation") -> list[dict]:
+    """One point per run: gap closed (y) against damage to the other frames (x), filled where the paired p is below
+    0.05, sized by the number of paired episodes with revisits, with the region that clears the memory bar (>= 25 % of the gap, p < 0.05,
+    damage <= 0.5 dB) shaded. ``runs``: label -> results.json or pooled JSON. Returns the rows plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise UserInputError("plot: give at least one LABEL=results.json")
+    rows = [{"label": label, "file": str(file), **run_memory(file)} for label, file in runs.items()]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    xs = [r["damage_db"] for r in rows] + [MAX_DAMAGE_DB]
+    ys = [100 * r["gap_closed"] for r in rows] + [MIN_GAP_CLOSED * 100]
+    x_hi, y_lo, y_hi = max(xs) + 0.3, min(min(ys) - 5, -5), max(ys) + 8
+    x_lo = min(min(xs) - 0.3, -0.3)
+    ax.fill_between([x_lo, MAX_DAMAGE_DB], MIN_GAP_CLOSED * 100, y_hi, color="tab:green",
+                    alpha=0.12, label=f"the bar: gap >= {MIN_GAP_CLOSED:.0%}, p < {MAX_P}, damage <= {MAX_DAMAGE_DB} dB")
+    ax.axhline(0, color="grey", lw=0.8)
+    for r in rows:
+        colour = "tab:green" if r["clears_bar"] else "tab:blue"
+        ax.scatter(r["damage_db"], 100 * r["gap_closed"], s=12 * r["n"], zorder=3, edgecolors=colour,
+                   facecolors=colour if r["p"] < MAX_P else "none", linewidths=1.5)
+        ax.annotate(f"{r['label']} (n={r['n']}, p={r['p']:.2g})", (r["damage_db"], 100 * r["gap_closed"]),
+                    textcoords="offset points", xytext=(7, 4), fontsize=7)
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    ax.set_xlabel("damage to the frames that are not revisits (dB, lower is better)")
+    ax.set_ylabel("floor-to-ceiling gap closed (%)")
+    ax.set_title(f"{title}: filled = paired p < {MAX_P}, size = n")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return rows
+
+
+def plot_main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="sfvgen evaluate plot",
+                       description="Gap closed against damage for several revisit runs, with the memory bar (PNG).")
+    p.add_argument("runs", nargs="+", metavar="LABEL=JSON",
+                   help="a label and the results.json of `sfvgen demo` (or a pooled JSON of `sfvgen evaluate pool`)")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.add_argument("--title", default="Temp-LoRA in generation")
+    args = p.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        label, sep, file = item.partition("=")
+        if not sep or not label or not file:
+            raise UserInputError(f"plot: {item!r} is not LABEL=JSON (e.g. episodic=docs/memory_episodic_10.json)")
+        if label in runs:
+            raise UserInputError(f"plot: the label {label!r} is given twice")
+        runs[label] = file
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for r in plot_runs(runs, args.out, args.title):
+        print(f"{r['label']:>24}: gap {100 * r['gap_closed']:+.1f} %, damage {r['damage_db']:+.2f} dB, p = {r['p']:.3g}, "
+              f"n = {r['n']}{'  clears the bar' if r['clears_bar'] else ''}")
+    print(f"plot: {args.out.resolve()}")
     return 0
