@@ -30,13 +30,17 @@ from slowfast_vgen.io import atomic_path
 PER_RUN_SETTINGS = frozenset({"episodes", "first_seed", "first_episode", "seconds"})
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, expected: str) -> Any:
     try:
-        run = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file (expected the results.json of an `sfvgen demo` run)") from None
+        raise UserInputError(f"{path}: no such file (expected {expected})") from None
     except json.JSONDecodeError as err:
         raise UserInputError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+
+
+def _load(path: Path) -> dict[str, Any]:
+    run = _read_json(path, "the results.json of an `sfvgen demo` run")
     if not isinstance(run, dict) or not isinstance(run.get("episodes"), list) or not isinstance(run.get("settings"), dict):
         raise UserInputError(f"{path}: not the results.json of an `sfvgen demo` run (expected 'episodes' and "
                              f"'settings')")
@@ -132,12 +136,7 @@ def run_memory(path: str | Path) -> dict[str, Any]:
     """The memory scores of one run or pool (an ``sfvgen demo`` results.json or an ``sfvgen evaluate pool`` output):
     gap closed, damage, the Revisit PSNR paired difference, n, and whether it clears the bar."""
     path = Path(path)
-    try:
-        run = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file (expected a results.json or a pooled JSON)") from None
-    except json.JSONDecodeError as err:
-        raise UserInputError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    run = _read_json(path, "a results.json or a pooled JSON")
     memory = run.get("memory") if isinstance(run, dict) else None
     if not isinstance(memory, dict) or "gap_closed" not in memory:
         raise UserInputError(f"{path}: no memory scores (expected 'memory' with 'gap_closed', as `sfvgen demo` "
