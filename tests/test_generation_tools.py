@@ -85,8 +85,15 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
 
     out = tmp_path / "demo"
     assert main(["--weights", str(tmp_path / "none.safetensors"), "--train-minutes", "0.02", "--episodes", "2",
-                 "--chunks-out", "2", "--steps", "2", "--rank", "4", "--out", str(out)]) == 0
+                 "--chunks-out", "2", "--steps", "2", "--rank", "4", "--updates-per-chunk", "2", "--draws", "3",
+                 "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
+    # the shipped memory configuration unless told otherwise (docs/memory.md, Search 12), unguided
+    lora = results["settings"]["temp_lora"]
+    assert lora["read_gate"] == 1.0 and lora["consolidate"] and lora["turns"] and lora["steps_per_chunk"] == 2
+    assert results["settings"]["guidance"] == {"image": 1.0, "text": 1.0}
+    for episode in results["episodes"]:  # which chunks read Theta, and why (chunk 0: nothing written yet)
+        assert 0 not in episode["theta_read_chunks_with"] and episode["recognition_with"][0] is None
     assert set(results["summary"]) == {"without Temp-LoRA", "with Temp-LoRA"}
     assert len(results["episodes"]) == 2 and results["settings"]["steps"] == 2
     assert {"Motion MSE", "Still MSE", "Revisit PSNR", "Other PSNR"} <= set(results["summary"]["with Temp-LoRA"])

@@ -108,7 +108,8 @@ def test_demo_on_recorded_shards(tmp_path):
     world_shards(tmp_path / "shards", chunk_frames=4, chunks_out=3)
     out = tmp_path / "demo"
     assert main(["--shards", str(tmp_path / "shards"), "--pose-tolerance", "0", "--episodes", "2", "--steps", "2",
-                 "--rank", "4", "--guidance", "1", "1.5", "--out", str(out)]) == 0
+                 "--rank", "4", "--updates-per-chunk", "2", "--draws", "3", "--guidance", "1", "1.5",
+                 "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["shards"] == str(tmp_path / "shards") and results["n_episodes"] == 2
     summary = results["summary"]["with Temp-LoRA"]

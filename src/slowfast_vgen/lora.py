@@ -744,6 +744,9 @@ def _per_sample_hook(a: torch.Tensor, b: torch.Tensor, scaling: float):
 # text, time-reversed copies under the reverse action, more steps at a higher rate, guarded against divergence).
 # "episodic": what Search 11 found to be read in generation: after each chunk the whole episode so far is rehearsed
 # in one batch (every window, reversed, and the way back from each), clean context under the action's text.
+# "episodic-gated": "episodic" written twice as long on twice the clips (60 steps of 24) and read only where the memory
+# recognises the chunk's start (``read_gate`` 1: its nearest rehearsed clip under the chunk's action starts nearer than
+# the median clip), so new ground is made by Phi alone (Search 12: the configuration the demo ships).
 TEMP_LORA_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(rank=32, lr=1e-4, steps_per_chunk=1),
     "memory": dict(rank=32, lr=1e-3, steps_per_chunk=20, draws=2, reverse=True, clean_context=4,
@@ -751,6 +754,7 @@ TEMP_LORA_PRESETS: dict[str, dict[str, Any]] = {
     "episodic": dict(rank=32, lr=1e-3, steps_per_chunk=30, draws=12, consolidate=True, reverse=True, turns=True,
                      clean_context=4, text_condition="action", explode_factor=math.inf),
 }
+TEMP_LORA_PRESETS["episodic-gated"] = dict(TEMP_LORA_PRESETS["episodic"], steps_per_chunk=60, draws=24, read_gate=1.0)
 _OPTIONS = {  # flag -> (TempLoRA kwarg, type, help)
     "--rank": ("rank", positive_int, "LoRA rank (paper: 32)"),
     "--lr": ("lr", float, "learning rate (paper: 1e-4)"),
@@ -779,7 +783,8 @@ def lora_options(parser: Any, default_preset: str = "paper") -> None:
     parser.add_argument("--temp-lora", default=default_preset, choices=sorted(TEMP_LORA_PRESETS),
                         help=f"Temp-LoRA settings to start from (default: {default_preset}; paper: as the paper "
                         "states them; memory: the variant read best under teacher forcing; episodic: the one "
-                        "read in generation, docs/memory.md Search 11)")
+                        "read in generation, docs/memory.md Search 11; episodic-gated: episodic read only where the "
+                        "memory recognises the chunk's start, Search 12)")
     for flag, (_, kind, text) in _OPTIONS.items():
         parser.add_argument(flag, type=kind, default=None, help=f"{text}; overrides the preset")
     parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=None,

@@ -178,7 +178,7 @@ def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-
     ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("damage to the frames that are not revisits (dB, lower is better)")
     ax.set_ylabel("floor-to-ceiling gap closed (%)")
-    ax.set_title(f"{title}: filled = paired p < {MAX_P}, size = n")
+    ax.set_title(f"{title}\nfilled: paired p < {MAX_P}; size: episodes with revisits (n)", fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
