@@ -101,6 +101,8 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
     assert results["n_episodes"] == 2 and 0 <= memory["revisit_psnr_p"] <= 1
     floor, fast = memory["revisit_mse"]["floor_no_memory"], memory["revisit_mse"]["temp_lora"]
     assert memory["gap_closed"] == pytest.approx((floor - fast) / floor)
+    spread = results["summary"]["with Temp-LoRA"]["Revisit MSE"]["std"]  # the floor / Temp-LoRA table has spreads
+    assert memory["revisit_mse_std"]["temp_lora"] == spread and f"{fast:.4f} ± {spread:.4f}" in (out / "report.md").read_text()
     page = (out / "index.html").read_text()
     assert "Does Temp-LoRA remember?" in (out / "report.md").read_text() and "Gap closed" in page
     assert "SRC" in page and "episode_" in page and "Motion MSE" in page and (out / "similarity.png").stat().st_size > 1000

@@ -187,6 +187,8 @@ def memory_summary(summary: dict, diffs: dict) -> dict[str, Any]:
     damage = -diffs["Other PSNR"]["mean"]
     return {
         "revisit_mse": {"floor_no_memory": floor, "temp_lora": fast, "ceiling_perfect_memory": 0.0},
+        "revisit_mse_std": {"floor_no_memory": summary["without Temp-LoRA"]["Revisit MSE"]["std"],
+                            "temp_lora": summary["with Temp-LoRA"]["Revisit MSE"]["std"]},
         "gap_closed": (floor - fast) / floor if floor > 0 else float("nan"),
         "revisit_psnr_gain_db": diffs["Revisit PSNR"]["mean"], "revisit_psnr_p": diffs["Revisit PSNR"]["p"],
         "damage_other_frames_db": damage, "damage_within_bound": damage <= MAX_DAMAGE_DB,
@@ -194,11 +196,16 @@ def memory_summary(summary: dict, diffs: dict) -> dict[str, Any]:
 
 
 def _memory_lines(memory: dict[str, Any], text: str = MEMORY_TEXT) -> list[str]:
-    mse = memory["revisit_mse"]
+    mse, std = memory["revisit_mse"], memory.get("revisit_mse_std", {})
+
+    def spread(arm: str) -> str:
+        return f" ± {std[arm]:.4f}" if arm in std else ""
+
     return [
         "## Does Temp-LoRA remember?", "", text, "",
         "| | floor: no memory | Temp-LoRA | ceiling: perfect memory |", "|---|---|---|---|",
-        f"| Revisit MSE ↓ | {mse['floor_no_memory']:.4f} | {mse['temp_lora']:.4f} | 0 |", "",
+        f"| Revisit MSE ↓ (± std over episodes) | {mse['floor_no_memory']:.4f}{spread('floor_no_memory')} | "
+        f"{mse['temp_lora']:.4f}{spread('temp_lora')} | 0 |", "",
         f"- Gap closed: **{100 * memory['gap_closed']:.1f} %** of the floor-to-ceiling gap; Revisit PSNR "
         f"{memory['revisit_psnr_gain_db']:+.2f} dB (paired p = {memory['revisit_psnr_p']:.3g}).",
         f"- Damage to the other frames: {memory['damage_other_frames_db']:+.2f} dB "
