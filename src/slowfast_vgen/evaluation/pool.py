@@ -150,8 +150,9 @@ def run_memory(path: str | Path) -> dict[str, Any]:
 
 def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation") -> list[dict]:
     """One point per run: gap closed (y) against damage to the other frames (x), filled where the paired p is below
-    0.05, sized by the number of paired episodes with revisits, with the region that clears the memory bar (>= 25 % of the gap, p < 0.05,
-    damage <= 0.5 dB) shaded. ``runs``: label -> results.json or pooled JSON. Returns the rows plotted."""
+    0.05, sized by the number of paired episodes with revisits, with the region that clears the memory bar (>= 25 %
+    of the gap, p < 0.05, damage <= 0.5 dB) shaded. ``runs``: label -> results.json or pooled JSON. Returns the rows
+    plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
