@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
-from slowfast_vgen.evaluation.report import MAX_DAMAGE_DB, revisit_statistics
+from slowfast_vgen.evaluation.report import MAX_DAMAGE_DB, MAX_P, MIN_GAP_CLOSED, clears_memory_bar, revisit_statistics
 from slowfast_vgen.evaluation.revisit import EpisodeResult
 from slowfast_vgen.io import atomic_path
 
@@ -128,10 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-MIN_GAP_CLOSED = 0.25  # the memory bar of issue 13: a quarter of the floor-to-ceiling gap ...
-MAX_P = 0.05  # ... with a paired p below this (and damage at most MAX_DAMAGE_DB)
-
-
 def run_memory(path: str | Path) -> dict[str, Any]:
     """The memory scores of one run or pool (an ``sfvgen demo`` results.json or an ``sfvgen evaluate pool`` output):
     gap closed, damage, the Revisit PSNR paired difference, n, and whether it clears the bar."""
@@ -145,7 +141,7 @@ def run_memory(path: str | Path) -> dict[str, Any]:
     gap, damage, p = memory["gap_closed"], memory["damage_other_frames_db"], diff["p"]
     return {"gap_closed": gap, "damage_db": damage, "revisit_psnr_db": diff["mean"], "p": p, "n": diff["n"],
             "n_episodes": run.get("n_episodes", diff["n"]),
-            "clears_bar": bool(gap >= MIN_GAP_CLOSED and p < MAX_P and damage <= MAX_DAMAGE_DB)}
+            "clears_bar": clears_memory_bar(gap, p, damage)}
 
 
 def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation") -> list[dict]:

@@ -21,6 +21,8 @@ HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True, "Re
 # Smallest differences worth reporting as an effect (units of the table: x100 for SRC and SSIM, dB for PSNR).
 MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5, "Revisit PSNR": 0.1, "Other PSNR": 0.1}
 MAX_DAMAGE_DB = 0.5  # memory may cost the frames that are not revisits at most this much (issue 13)
+MIN_GAP_CLOSED = 0.25  # ... and must close a quarter of the floor-to-ceiling gap
+MAX_P = 0.05  # ... with a paired p below this
 
 MEMORY_TEXT = (
     "Revisit PSNR: the revisited pixels that had left the context window (no context frame of their chunk "
@@ -178,6 +180,11 @@ def revisit_statistics(without: list[EpisodeResult], with_lora: list[EpisodeResu
     return {"summary": summary, "paired_difference_with_minus_without": diffs,
             "verdict": {k: verdict(diffs[k], k) for k in keys},
             "memory": memory_summary(summary, diffs) if "Revisit PSNR" in keys else None}
+
+
+def clears_memory_bar(gap_closed: float, p: float, damage_db: float) -> bool:
+    """Issue 13's bar for a memory: >= MIN_GAP_CLOSED of the gap, paired p < MAX_P, damage <= MAX_DAMAGE_DB."""
+    return bool(gap_closed >= MIN_GAP_CLOSED and p < MAX_P and damage_db <= MAX_DAMAGE_DB)
 
 
 def memory_summary(summary: dict, diffs: dict) -> dict[str, Any]:
