@@ -3,7 +3,7 @@
 During ``trainer.predict`` on episodes, it injects a Temp-LoRA into the module's UNet, resets it at the
 start of every episode (one predict batch), lets the module's :class:`LongVideoGenerator` update it after
 every chunk, optionally saves each episode's memory (safetensors), and removes it at the end so that the
-module is the base model again. The learning itself lives in :class:`slowfast_vgen.lora.TempLoRA`.
+module is the base model again. The learning itself lives in :class:`slowfast_vgen.temp_lora.TempLoRA`.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from typing import Any
 import lightning as L
 
 from slowfast_vgen.errors import UserInputError
-from slowfast_vgen.lora import TempLoRA as TempLoRALearner
-from slowfast_vgen.lora import TempLoRASettings
+from slowfast_vgen.temp_lora import TempLoRA as TempLoRALearner
+from slowfast_vgen.temp_lora import TempLoRASettings
 
 
 class TempLoRA(L.Callback):
     """Inference-time Temp-LoRA updates during ``trainer.predict``. ``settings`` (a
-    :class:`slowfast_vgen.lora.TempLoRASettings`, e.g. ``{rank: 32, lr: 1e-4}`` in a YAML) and keyword ``options``
-    over it (``TempLoRA(rank=32, lr=1e-3)``): the learner's settings, declared once there.
+    :class:`slowfast_vgen.temp_lora.TempLoRASettings`, or a dict such as ``{preset: episodic-gated}`` or
+    ``{rank: 32, lr: 1e-4}`` in a YAML) and keyword ``options`` over it (``TempLoRA(preset="paper", lr=1e-3)``):
+    the learner's settings, declared once there.
 
     ``save_dir``: if set, each episode's memory is written to ``save_dir/episode_{index}.safetensors``.
     """
 
-    def __init__(self, settings: TempLoRASettings | None = None, save_dir: str | None = None, **options: Any) -> None:
+    def __init__(self, settings: TempLoRASettings | dict | None = None, save_dir: str | None = None,
+                 **options: Any) -> None:
         self.settings = TempLoRASettings.build(settings, **options)  # checked now, not at predict time
         self.save_dir = save_dir
         self.learner: TempLoRALearner | None = None

@@ -130,6 +130,8 @@ class RecordedRevisitDataset(Dataset):
         self.chunk_frames, self.context_frames = chunk_frames, context_frames
         self.pose_tolerance, self.angle_tolerance = pose_tolerance, angle_tolerance
         self.seed = 0  # episodes are numbered from 0 (the world's benchmark numbers them by seed)
+        # the reverse of each action, as the data declares it (manifest "reverse_actions"; none: not declared)
+        self.reverse_actions = {k: v for m in self.source.sets.manifests for k, v in (m.get("reverse_actions") or {}).items()}
 
     def __len__(self) -> int:
         return self.num_episodes

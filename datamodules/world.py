@@ -112,6 +112,8 @@ class WorldDataModule(L.LightningDataModule):
 class WorldRevisitDataset(Dataset):
     """``num_episodes`` revisit episodes (seeds ``seed``, ``seed + 1``, ...) for ``trainer.predict``."""
 
+    reverse_actions = REVERSE  # the world's actions are reversible: each one's reverse retraces its views
+
     def __init__(self, num_episodes: int = 4, seed: int = 10_000, **episode_kwargs) -> None:
         self.num_episodes, self.seed, self.episode_kwargs = num_episodes, seed, episode_kwargs
 

@@ -14,7 +14,7 @@ from torch.distributed.fsdp import fully_shard
 from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator
-from slowfast_vgen.lora import TempLoRA
+from slowfast_vgen.temp_lora import TempLoRA
 from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
 
 ACTIONS = ["go left", "go up", "go right"]

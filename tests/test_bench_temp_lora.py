@@ -4,10 +4,12 @@ import pytest
 
 from slowfast_vgen.generation.bench import PRESETS, run_mode
 
+PAPER4 = {"preset": "paper", "rank": 4}
+
 
 def test_pixel_preset_reports_time_and_memory_per_mode():
     for with_lora in (False, True):
-        r = run_mode("tiny", with_lora, chunks=2, steps=1, rank=4, device="cpu")
+        r = run_mode("tiny", with_lora, chunks=2, steps=1, device="cpu", settings=PAPER4)
         assert r["chunks"] == 2 and r["seconds_per_chunk"] > 0 and r["peak_memory_mb"] > 0
         assert set(r["memory_mb_at_chunk"]) == {2}
 
@@ -17,7 +19,7 @@ def test_latent_presets_run_without_an_autoencoder_in_any_precision(dtype):
     """The ModelScope preset's path (random clean latents, no decoding, half precision on a GPU), on the tiny UNet."""
     assert PRESETS["modelscope"]["latent"] == (4, 32) and PRESETS["modelscope"]["unet"] == "modelscope"
     cfg = dict(unet="tiny", latent=(12, 8), embed=32, chunk=2, context=2)
-    r = run_mode(cfg, True, chunks=2, steps=1, rank=4, device="cpu", merge=True, dtype=dtype)
+    r = run_mode(cfg, True, chunks=2, steps=1, device="cpu", merge=True, dtype=dtype, settings=PAPER4)
     assert r["chunks"] == 2 and r["seconds_per_chunk"] > 0
 
 
@@ -25,7 +27,7 @@ def test_theta_stays_float32_under_a_half_precision_unet():
     import torch
 
     from slowfast_vgen.diffusion import MaskedDiffusion
-    from slowfast_vgen.lora import TempLoRA
+    from slowfast_vgen.temp_lora import TempLoRA
     from slowfast_vgen.models import build_unet3d
 
     unet = build_unet3d("tiny").to(torch.bfloat16)
@@ -42,7 +44,7 @@ def test_theta_stays_float32_under_a_half_precision_unet():
 def test_components_time_each_phase_and_compose_the_per_chunk_ratio():
     from slowfast_vgen.generation.bench import run_components
 
-    r = run_components("tiny", "cpu", "float32", rank=4, lora_preset="paper", repeats=1, steps=5)
+    r = run_components("tiny", "cpu", "float32", PAPER4, repeats=1, steps=5)
     phases = r["phases"]
     assert set(phases) == {"sample_step_without_lora", "sample_step_lora_unmerged", "merge_unmerge",
                            "sample_step_merged", "update"}
@@ -56,25 +58,34 @@ def test_components_time_each_phase_and_compose_the_per_chunk_ratio():
 
 
 def test_the_end_to_end_children_run_the_same_cheaper_update():
-    """--end-to-end runs each mode in a child process: the child gets the parent's cheaper-update flags."""
-    from slowfast_vgen.generation import bench
+    """--end-to-end runs each mode in a child process: the child gets the parent's settings, whole."""
+    import json
+    from dataclasses import asdict
 
-    parent = _parse(["--preset", "tiny", "--update-frames", "2", "--targets", r"up_blocks.*to_q$", "--checkpointing"])
-    child = _parse(["--preset", "tiny", *bench._option_flags(parent)])
-    assert bench._options(child) == bench._options(parent) == {
-        "update_frames": 2, "target_modules": r"up_blocks.*to_q$", "checkpointing": True}
-    assert bench._options(_parse(["--preset", "tiny"])) == {}
-    r = bench.run_mode("tiny", True, chunks=1, steps=1, rank=4, device="cpu", options=bench._options(parent))
+    from slowfast_vgen.generation import bench
+    from slowfast_vgen.temp_lora import TempLoRASettings
+
+    parent = _parse(["--preset", "tiny", "--temp-lora", "paper", "--update-frames", "2", "--targets",
+                     r"up_blocks.*to_q$", "--checkpointing"])
+    assert (parent.update_frames, parent.target_modules, parent.checkpointing) == (2, r"up_blocks.*to_q$", True)
+    child = _parse(["--preset", "tiny", "--settings-json", json.dumps(asdict(parent))])
+    assert child == parent
+    from slowfast_vgen.simulators.world import REVERSE
+
+    # the default: the preset every command starts from, with the world's action reversals (the bench's chunks)
+    assert _parse(["--preset", "tiny"]) == TempLoRASettings.build({"preset": "episodic-gated"}, reverse_actions=REVERSE)
+    r = bench.run_mode("tiny", True, chunks=1, steps=1, device="cpu", settings=TempLoRASettings.build(parent, rank=4))
     assert r["temp_lora"]["update_frames"] == 2 and r["temp_lora"]["checkpointing"]
-    all_layers = bench.run_mode("tiny", True, chunks=1, steps=1, rank=4, device="cpu")["temp_lora"]["lora_layers"]
+    all_layers = bench.run_mode("tiny", True, chunks=1, steps=1, device="cpu", settings=PAPER4)["temp_lora"]["lora_layers"]
     assert 0 < r["temp_lora"]["lora_layers"] < all_layers  # the decoder's to_q only
 
 
 def _parse(argv):
-    """`sfvgen bench temp-lora --components ARGV` parsed as main() parses it (components_main patched out)."""
+    """The Temp-LoRA settings of `sfvgen bench temp-lora --components ARGV` as main() builds them (components_main
+    patched out)."""
     from unittest import mock
 
     from slowfast_vgen.generation import bench
 
-    with mock.patch.object(bench, "components_main", side_effect=lambda args: args):
+    with mock.patch.object(bench, "components_main", side_effect=lambda args, settings: settings):
         return bench.main(["--components", *argv])

@@ -84,40 +84,11 @@ def test_guidance_dropout_replaces_image_and_text_conditions():
     assert abs(rates.drop_image.float().mean() - 0.1) < 0.02 and abs(rates.drop_text.float().mean() - 0.15) < 0.02
 
 
-def test_full_noise_clips_are_eq3s_regime_and_leave_other_draws_unchanged():
-    z0 = torch.randn(4000, 1, 3, 1, 1)
-    n_ctx, text, null, seeds = torch.full((4000,), 2), torch.ones(4000, 1, 1), torch.zeros(1, 1, 1), torch.arange(4000)
-    plain = MaskedDiffusion(p_drop_image=0.0, p_drop_text=0.0).prepare(z0, n_ctx, text, null, seeds)
-    mixed = MaskedDiffusion(p_drop_image=0.0, p_drop_text=0.0, p_full_noise=0.3).prepare(z0, n_ctx, text, null, seeds)
-    assert torch.equal(plain.noise, mixed.noise) and torch.equal(plain.timesteps, mixed.timesteps)
-    full = mixed.n_context == 0
-    assert abs(full.float().mean() - 0.3) < 0.03 and torch.equal(mixed.n_context[~full], n_ctx[~full])
-    noised = MaskedDiffusion().add_noise(z0, mixed.noise, mixed.timesteps)
-    assert torch.equal(mixed.noisy[full], noised[full])  # no clean frame left
-    assert torch.equal(mixed.noisy[~full][:, :, :2], z0[~full][:, :, :2])
-    assert bool(mixed.drop_text[full].all()) and not bool(mixed.drop_text[~full].any())
-    assert torch.equal(mixed.text[full], null.expand(int(full.sum()), 1, 1))
-    # full_noise_text: the same clips, fully noised, keep their text
-    texted = MaskedDiffusion(p_drop_image=0.0, p_drop_text=0.0, p_full_noise=0.3, full_noise_text=True).prepare(
-        z0, n_ctx, text, null, seeds)
-    assert torch.equal(texted.n_context, mixed.n_context) and torch.equal(texted.noisy, mixed.noisy)
-    assert not bool(texted.drop_text.any()) and torch.equal(texted.text, text)
-    # validation (cfg_dropout=False) keeps every clip's context
-    assert bool((MaskedDiffusion(p_full_noise=1.0).prepare(z0[:8], n_ctx[:8], text[:8], null, seeds[:8],
-                                                          cfg_dropout=False).n_context == 2).all())
-
-    def denoiser(z, t, c):  # a perfect prediction on the context frames only
-        return torch.where(torch.arange(3)[None, None, :, None, None] < 2, torch.zeros_like(z), torch.full_like(z, 9.0))
-    loss_all, _ = MaskedDiffusion(p_full_noise=1.0, prediction_type="sample").training_loss(
-        denoiser, torch.zeros(2, 1, 3, 1, 1), torch.tensor([2, 2]), text[:2], null, seeds[:2])
-    assert loss_all == pytest.approx(81.0 / 3)  # the loss covers all three frames, not only the last
-
-
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(UserInputError, match="p_drop_text"):
         MaskedDiffusion(p_drop_text=1.5)
-    with pytest.raises(UserInputError, match="p_full_noise"):
-        MaskedDiffusion(p_full_noise=-0.1)
+    with pytest.raises(UserInputError, match="p_drop_image"):
+        MaskedDiffusion(p_drop_image=-0.1)
     with pytest.raises(UserInputError, match="n_context"):
         MaskedDiffusion().prepare(torch.zeros(1, 1, 3, 1, 1), torch.tensor([3]), torch.zeros(1, 1, 1),
                                   torch.zeros(1, 1, 1), torch.tensor([0]))
@@ -134,32 +105,6 @@ def test_context_frames_come_out_of_sampling_exactly(unet):
     assert out.shape == (2, 12, 5, 8, 8)
     assert torch.equal(out[:, :, :3], context)
     assert torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("scheduler", ["dpm-solver", "euler"])
-def test_noised_context_steps_see_the_context_at_their_own_noise_level(unet, scheduler):
-    """The first N steps: context noised to abar_t with one eps per chunk, text guidance only; then clean."""
-    config = MaskedDiffusion().scheduler_config()
-    sampler = ChunkSampler(config, scheduler, num_inference_steps=4, noised_context_steps=2)
-    enc = HashTextEncoder(embed_dim=32)
-    context, seen = torch.randn(1, 12, 2, 8, 8), []
-
-    def denoiser(z, t, c):
-        seen.append((z[:, :, :2].clone(), int(round(float(t[0])))))
-        return denoiser_of(unet)(z, t, c)
-
-    out = sampler.sample(denoiser, context, 2, enc(["go up"]), enc([""]), torch.Generator().manual_seed(0))
-    assert torch.equal(out[:, :, :2], context) and [z.shape[0] for z, _ in seen] == [2, 2, 3, 3]
-    abar = sampler.scheduler.alphas_cumprod
-    eps = [(z[0] - abar[t].sqrt() * context[0]) / (1 - abar[t]).sqrt() for z, t in seen[:2]]
-    assert torch.allclose(eps[0], eps[1], atol=1e-4) and eps[0].std() > 0.5  # one noise draw, really noise
-    assert torch.equal(seen[0][0][0], seen[0][0][1])  # both branches see the same noised context
-    assert all(torch.equal(z[1], context[0]) for z, _ in seen[2:])  # the image branch: clean again
-    plain = ChunkSampler(config, scheduler, num_inference_steps=4).sample(
-        denoiser_of(unet), context, 2, enc(["go up"]), enc([""]), torch.Generator().manual_seed(0))
-    assert not torch.allclose(plain[:, :, 2:], out[:, :, 2:], atol=1e-3)
-    with pytest.raises(UserInputError, match="noised_context_steps"):
-        ChunkSampler(config, noised_context_steps=-1)
 
 
 def test_three_way_guidance_is_one_batched_call_with_the_paper_formula(unet):

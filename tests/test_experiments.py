@@ -32,10 +32,6 @@ SHRINK = {
     "doom_slow.yaml": ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1",
                        "--data.init_args.frames", "4", "--data.init_args.min_frames", "3",
                        "--data.init_args.max_context", "2"],
-    "memory_loop_world.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.lora_steps_per_chunk", "1"],
-    # its init_weights are Search 7's exported Phi (experiments/memory_full_noise_world.yaml)
-    "memory_loop_eq3_world.yaml": ["--data.init_args.num_episodes", "1", "--model.init_args.lora_steps_per_chunk", "1",
-                                   "--model.init_args.init_weights", "null"],
 }
 
 

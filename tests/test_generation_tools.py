@@ -71,7 +71,8 @@ def test_generate_cli_writes_video_and_memory(tmp_path, monkeypatch):
 
     actions = tmp_path / "actions.txt"
     actions.write_text("go right\n# a comment\ngo left\n")
-    code = main(["--actions", str(actions), "--steps", "2", "--rank", "4", "--out", str(tmp_path / "v"),
+    code = main(["--actions", str(actions), "--steps", "2", "--rank", "4", "--steps-per-chunk", "2", "--draws", "3",
+                 "--out", str(tmp_path / "v"),
                  "--memory-out", str(tmp_path / "m.safetensors"), "--weights", ""])
     assert code == 0
     assert (tmp_path / "v.mp4").stat().st_size > 0 and (tmp_path / "v.gif").stat().st_size > 0
@@ -85,12 +86,13 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
 
     out = tmp_path / "demo"
     assert main(["--weights", str(tmp_path / "none.safetensors"), "--train-minutes", "0.02", "--episodes", "2",
-                 "--chunks-out", "2", "--steps", "2", "--rank", "4", "--updates-per-chunk", "2", "--draws", "3",
+                 "--chunks-out", "2", "--steps", "2", "--rank", "4", "--steps-per-chunk", "2", "--draws", "3",
                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     # the shipped memory configuration unless told otherwise (docs/memory.md, Search 12), unguided
     lora = results["settings"]["temp_lora"]
-    assert lora["read_gate"] == 1.0 and lora["consolidate"] and lora["turns"] and lora["steps_per_chunk"] == 2
+    assert lora["read_gate"] == 1.0 and lora["write"] == "rehearsal" and lora["turns"] and lora["steps_per_chunk"] == 2
+    assert lora["preset"] == "episodic-gated" and lora["reverse_actions"]["go left"] == "go right"  # the world's
     assert results["settings"]["guidance"] == {"image": 1.0, "text": 1.0}
     for episode in results["episodes"]:  # which chunks read Theta, and why (chunk 0: nothing written yet)
         assert 0 not in episode["theta_read_chunks_with"] and episode["recognition_with"][0] is None
@@ -112,3 +114,66 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
     (strip, _) = sorted((out / "videos").glob("*_frames.png"))  # real / without / with, frames across
     width, height = Image.open(strip).size  # 16-pixel frames + 1-pixel gaps, upscaled 4x
     assert height == 3 * 17 * 4 and width % (17 * 4) == 0 and width > 17 * 4 and "_frames.png" in page
+
+
+CHEAP = ["--steps", "2", "--rank", "4", "--steps-per-chunk", "2", "--draws", "3"]  # episodic-gated, made cheap
+
+
+def test_generate_with_the_memory_preset_makes_the_demos_frames(tmp_path):
+    """`sfvgen generate --temp-lora episodic-gated` from a world episode's first frame and actions gives the frames
+    the demo's generator (trainer.predict + the TempLoRA callback) makes for that episode and seed."""
+    import numpy as np
+
+    from slowfast_vgen.datamodules.world import WorldRevisitDataset
+    from slowfast_vgen.evaluation.revisit import generate_episodes
+    from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS, load_system
+    from slowfast_vgen.generate import main
+    from slowfast_vgen.io import to_uint8_frames
+    from slowfast_vgen.seeds import stable_seed
+    from slowfast_vgen.temp_lora import TempLoRASettings
+
+    cli = load_system(str(DEFAULT_CONFIG), str(DEFAULT_WEIGHTS), ["--trainer.enable_checkpointing", "false"])
+    system, hp = cli.model, cli.datamodule.hparams
+    system.sampler.num_inference_steps = 2
+    system.sampler.guidance_image = system.sampler.guidance_text = 1.0  # the preset's guidance, as the demo sets it
+    world = {k: hp[k] for k in ("cells", "cell_size", "view_size", "speed")}
+    gen = system.generator
+    episodes = WorldRevisitDataset(1, seed=10_007, chunk_frames=gen.chunk_frames, chunks_out=2,
+                                   min_gap=gen.chunk_frames + gen.context_frames, **world)
+    settings = TempLoRASettings.build({"preset": "episodic-gated", "rank": 4, "steps_per_chunk": 2, "draws": 3},
+                                      reverse_actions=WorldRevisitDataset.reverse_actions)
+    (demo,) = generate_episodes(system, episodes, settings, progress=False)
+    assert [u.read for u in demo["updates"]][:1] == [False] and any(u.read for u in demo["updates"])  # the gate acted
+    actions = tmp_path / "actions.txt"
+    actions.write_text("\n".join(episodes[0]["actions"]) + "\n")
+    seed = stable_seed(system.hparams.seed, "predict", 0)  # the demo's seed for its episode 0
+    assert main(["--actions", str(actions), "--world-episode", "10007", "--seed", str(seed), "--upscale", "1",
+                 "--npy", "--out", str(tmp_path / "v"), "--temp-lora", "episodic-gated", *CHEAP]) == 0
+    frames = np.load(tmp_path / "v.npy", allow_pickle=False)
+    assert np.array_equal(frames, to_uint8_frames(demo["video"][0], 1))
+
+
+def test_memory_saved_after_a_chunk_continues_as_an_uninterrupted_run(tmp_path):
+    """--memory-out after chunk 2, --memory-in for chunks 3-4: the frames of one uninterrupted run (Theta, Adam,
+    the rehearsed episode and the sampler's noise all carried over)."""
+    import numpy as np
+
+    from slowfast_vgen.generate import main
+
+    acts = ["go right", "go right", "go left", "go left"]
+    for name, lines in (("all", acts), ("first", acts[:2]), ("rest", acts[2:])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    common = ["--upscale", "1", "--npy", "--seed", "5", *CHEAP]
+    assert main(["--actions", str(tmp_path / "all.txt"), "--out", str(tmp_path / "all"), *common]) == 0
+    assert main(["--actions", str(tmp_path / "first.txt"), "--out", str(tmp_path / "first"),
+                 "--memory-out", str(tmp_path / "m.safetensors"), *common]) == 0
+    assert main(["--actions", str(tmp_path / "rest.txt"), "--out", str(tmp_path / "rest"),
+                 "--memory-in", str(tmp_path / "m.safetensors"), *common]) == 0
+    whole, before, after = (np.load(tmp_path / f"{n}.npy") for n in ("all", "first", "rest"))
+    assert np.array_equal(whole[: len(before)], before)
+    assert np.array_equal(whole[len(before):], after[1:])  # after[0]: the saved context's last frame, decoded
+    # the memory carried the episode: a learner that forgot it would rehearse less and diverge
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "m.safetensors", "pt") as f:
+        assert {"episode.frames", "episode.text", "extra.context", "extra.sampler_state"} <= set(f.keys())

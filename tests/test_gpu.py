@@ -49,7 +49,7 @@ def test_a_16_mixed_slow_learning_step_lowers_nothing_to_nan(tmp_path):
 
 def test_temp_lora_update_keeps_a_float32_theta_on_a_half_precision_unet():
     from slowfast_vgen.diffusion import MaskedDiffusion
-    from slowfast_vgen.lora import TempLoRA
+    from slowfast_vgen.temp_lora import TempLoRA
     from slowfast_vgen.models import build_unet3d
 
     torch.manual_seed(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -18,7 +17,7 @@ from slowfast_vgen.evaluation.memory import (
     revisit_memory_score,
     write_memory,
 )
-from slowfast_vgen.lora import TempLoRA
+from slowfast_vgen.temp_lora import TempLoRA, TempLoRASettings
 from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
 from slowfast_vgen.systems import SlowLearningSystem
 
@@ -72,7 +71,7 @@ def test_revisit_score_is_perfect_for_the_real_video_and_bad_for_a_shuffled_one(
 @pytest.mark.parametrize("lr", [0.0, 3e-3])
 def test_written_is_positive_after_updates_and_zero_at_learning_rate_zero(lr):
     system, ep = tiny_system(), episode()
-    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=lr, steps_per_chunk=4, draws=2)
+    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=lr, steps_per_chunk=4, write="rehearsal", draws=2)
     try:
         write_memory(learner, system, ep)
         out = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(200, 700))
@@ -96,40 +95,6 @@ def test_damage_is_zero_after_a_reset():
     finally:
         learner.remove()
     assert out["damage_unseen"] == 0 and out["damage_context"] == 0 and out["written"] == 0
-
-
-def test_memory_guided_diagnostics_read_theta_as_generation_does():
-    """With memory guidance, the sampler-regime numbers use Phi + w (Theta's change in Eq. 3's regime); the Eq. 3
-    numbers do not change; a reset Theta reads and damages nothing either way."""
-    system, ep = tiny_system(), episode()
-    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=3e-3, steps_per_chunk=4)
-    try:
-        write_memory(learner, system, ep)
-        direct = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
-        learner.settings = dataclasses.replace(learner.settings, memory_guidance=2.0)
-        guided = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
-        learner.reset()
-        nothing = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
-    finally:
-        learner.remove()
-    assert guided["written"] == direct["written"] and guided["return_eq3"] == direct["return_eq3"]
-    assert guided["read"] != direct["read"] and guided["damage_unseen"] != direct["damage_unseen"]
-    assert nothing["read"] == nothing["damage_context"] == nothing["damage_unseen"] == 0
-
-
-def test_gated_diagnostics_read_theta_only_inside_the_read_range():
-    system, ep = tiny_system(), episode()
-    learner = TempLoRA(system.unet, system.diffusion, rank=4, lr=3e-3, steps_per_chunk=4)
-    try:
-        write_memory(learner, system, ep)
-        direct = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
-        learner.settings = dataclasses.replace(learner.settings, read_timestep_range=(500, 1000))
-        gated = measure_memory(learner, system, ep, unseen=episode(4), timesteps=(300, 700))
-    finally:
-        learner.remove()
-    assert gated["written"] == direct["written"] and gated["return_eq3"] == direct["return_eq3"]
-    assert gated["read_by_timestep"][300] == 0 and gated["read_by_timestep"][700] == direct["read_by_timestep"][700]
-    assert direct["read_by_timestep"][300] != 0
 
 
 def test_read_by_timestep_is_each_noise_levels_own_read():
@@ -178,8 +143,9 @@ def test_loss_guard_rolls_back_a_diverging_update_that_the_gradient_guard_lets_t
 
 def test_update_options_are_checked():
     unet = build_unet3d("tiny")
-    for bad in (dict(draws=0), dict(clean_context=-1), dict(timestep_range=[500, 100]), dict(loss_guard=-1.0),
-                dict(variant="original", reverse=True)):
+    for bad in (dict(draws=0), dict(clean_context=-1), dict(read_text_match=2.0), dict(loss_guard=-1.0),
+                dict(variant="original", reverse=True), dict(variant="original", write="rehearsal"),
+                dict(write="chunk", turns=True), dict(write="everything")):
         with pytest.raises(UserInputError):
             TempLoRA(unet, MaskedDiffusion(), **bad)
 
@@ -196,38 +162,23 @@ def test_paired_difference_p_value_matches_scipy():
     assert d["t"] == pytest.approx(ref.statistic) and d["p"] == pytest.approx(ref.pvalue) and d["n"] == 5
 
 
-def test_reversed_clips_get_the_reverse_action_and_replay_windows_their_own_text():
-    unet = build_unet3d("tiny")
-    learner = TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-3, draws=4, replay=True, reverse=True, clean_context=2,
-                       text_condition="action", reverse_actions={"go left": "go right"})
-    assert learner.reverse_action("go left") == "go right" and learner.reverse_action("jump") is None
-    dim = unet.config.cross_attention_dim
-    null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
-    z = torch.randn(1, unet.config.in_channels, 2, 8, 8)
-    learner.update(z[:, :, :1], z[:, :, 1:], null, left, right)
-    clips, n_clean, t, noise, cond = learner._batch(z, 1, 0, null, left, torch.Generator().manual_seed(0), (left, right))
-    assert clips.shape[0] == 4 and (n_clean == 1).all()  # clean_context clamped to leave a frame to learn
-    # the episode so far is z itself: every replay window is z, and odd draws run backwards at step 0
-    assert torch.equal(clips[0], z[0]) and torch.equal(clips[1], z[0].flip(1)) and torch.equal(clips[2], z[0])
-    assert torch.equal(cond[0], left[0])
-    assert torch.equal(cond[1], right[0]) and torch.equal(cond[3], right[0]) and torch.equal(cond[2], left[0])
-    plain = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), rank=4, draws=2, reverse=True)  # Eq. 3: no text at all
-    assert plain.reverse_action("go left") is None
-    *_, cond = plain._batch(z, 1, 0, null, left, torch.Generator().manual_seed(0), (null, null))
-    assert torch.equal(cond, null.expand(2, 2, dim))
+def rehearsal_batch(learner, z0, n_input, text, g):
+    """The batch the learner's write policy builds for the chunk whose clip is ``z0``."""
+    return learner.write.batch(learner.episode, z0, n_input, text, text, learner.episode.null, g)
 
 
-def test_consolidate_rehearses_every_window_reversed_and_turned_back_under_its_texts():
+def test_rehearsal_covers_every_window_reversed_and_turned_back_under_its_texts():
     unet = build_unet3d("tiny")
-    learner = TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-3, draws=64, consolidate=True, reverse=True, turns=True,
+    learner = TempLoRA(unet, MaskedDiffusion(), rank=4, lr=1e-3, draws=64, write="rehearsal", reverse=True, turns=True,
                        clean_context=2, text_condition="action", reverse_actions={"go left": "go right"})
+    assert learner.reverse_action("go left") == "go right" and learner.reverse_action("jump") is None
     dim = unet.config.cross_attention_dim
     null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
     frames = torch.randn(1, unet.config.in_channels, 6, 8, 8)  # an episode of 6 frames: 2 + 2 + 2
     learner.update(frames[:, :, :2], frames[:, :, 2:4], null, left, right)  # chunk 0: X (+) Y = frames 0-3
     learner.update(frames[:, :, 2:4], frames[:, :, 4:6], null, left, right)  # chunk 1: frames 2-5
     z0 = frames[:, :, 2:6]
-    clips, n_clean, _, _, cond = learner._batch(z0, 2, 0, null, left, torch.Generator().manual_seed(0), (left, right))
+    clips, n_clean, cond = rehearsal_batch(learner, z0, 2, left, torch.Generator().manual_seed(0))
     # windows of 4 frames start at 0, 1, 2 (the last is the chunk's own clip, first); each also reversed and turned
     # back: its last 2 frames, then the 2 before them backwards
     f = frames[0]
@@ -235,17 +186,37 @@ def test_consolidate_rehearses_every_window_reversed_and_turned_back_under_its_t
     for s in range(3):
         w = f[:, s : s + 4]
         expected += ([w] if s < 2 else []) + [w.flip(1), torch.cat([w[:, 2:], w[:, 1:3].flip(1)], 1)]
-    assert clips.shape[0] == len(expected) == 9 and (n_clean == 2).all()
+    assert clips.shape[0] == len(expected) == 9 and n_clean == 2
     assert all(torch.equal(c, e) for c, e in zip(clips, expected))
     texts = [left] + [left, right, right, left, right, right, right, right]
     assert all(torch.equal(c, t[0]) for c, t in zip(cond, texts))  # forwards: the action; back: its reverse
-    capped = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), rank=4, draws=3, consolidate=True, reverse=True)
+    capped = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), rank=4, draws=3, write="rehearsal", reverse=True)
     capped.update(frames[:, :, :2], frames[:, :, 2:4], null)
     capped.update(frames[:, :, 2:4], frames[:, :, 4:6], null)
-    clips, *_ = capped._batch(z0, 2, 0, null, null, torch.Generator().manual_seed(0), (null, null))
+    clips, *_ = rehearsal_batch(capped, z0, 2, null, torch.Generator().manual_seed(0))
     assert clips.shape[0] == 3 and torch.equal(clips[0], z0[0])  # at most `draws` clips, the chunk's own always in
-    with pytest.raises(UserInputError, match="turns.*consolidate"):
+    with pytest.raises(UserInputError, match="options of write 'rehearsal'"):
         TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), turns=True)
+
+
+def test_an_action_without_a_declared_reverse_has_no_turn_back_clips(caplog):
+    """No reversal known: the reversed copy is under the empty prompt, the turn back is left out, and it is said."""
+    unet = build_unet3d("tiny")
+    settings = dict(rank=4, draws=64, write="rehearsal", reverse=True, turns=True, text_condition="action")
+    with caplog.at_level("WARNING"):
+        learner = TempLoRA(unet, MaskedDiffusion(), **settings)
+    assert "without turn-back clips" in caplog.text and learner.settings.turn_back_note()
+    dim = unet.config.cross_attention_dim
+    null, left = torch.zeros(1, 2, dim), torch.ones(1, 2, dim)
+    frames = torch.randn(1, unet.config.in_channels, 6, 8, 8)
+    learner.update(frames[:, :, :2], frames[:, :, 2:4], null, left, None)  # no reverse text: none declared
+    learner.update(frames[:, :, 2:4], frames[:, :, 4:6], null, left, None)
+    clips, _, cond = rehearsal_batch(learner, frames[:, :, 2:6], 2, left, torch.Generator().manual_seed(0))
+    assert clips.shape[0] == 1 + 2 + 3  # own + 2 earlier windows + 3 reversed, no turn back
+    f = frames[0]
+    assert torch.equal(clips[2], f[:, 0:4].flip(1)) and torch.equal(cond[2], null[0])
+    declared = TempLoRASettings.build(settings, reverse_actions={"go left": "go right"})
+    assert not declared.turn_back_note()
 
 
 def test_bench_memory_prints_written_read_damage(tmp_path, capsys):
@@ -254,8 +225,8 @@ def test_bench_memory_prints_written_read_damage(tmp_path, capsys):
     from slowfast_vgen.evaluation.memory import main
 
     out = tmp_path / "memory.json"
-    assert main(["--episodes", "1", "--chunks-out", "1", "--updates-per-chunk", "2", "--timesteps", "100", "900",
-                 "--out", str(out)]) == 0
+    assert main(["--episodes", "1", "--chunks-out", "1", "--steps-per-chunk", "2", "--draws", "2", "--timesteps",
+                 "100", "900", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["summary"]) >= {"written", "read", "damage_context", "damage_unseen"}
     assert result["timesteps"] == [100, 900] and set(result["summary"]["read_by_timestep"]) == {"100", "900"}
@@ -265,16 +236,3 @@ def test_bench_memory_prints_written_read_damage(tmp_path, capsys):
         main(["--episodes", "1", "--chunks-out", "1", "--timesteps", "100", "1000"])
 
 
-def test_novelty_gate_skips_a_chunk_that_theta_already_explains():
-    torch.manual_seed(0)
-    unet = build_unet3d("tiny")
-    null = torch.zeros(1, 2, unet.config.cross_attention_dim)
-    learner = TempLoRA(unet, MaskedDiffusion(), rank=8, lr=1e-2, steps_per_chunk=20, novelty_gate=0.95,
-                       explode_factor=math.inf)
-    z = torch.randn(1, unet.config.in_channels, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    first = learner.update(z[:, :, :2], z[:, :, 2:], null)
-    assert not first.skipped and first.memory_ratio == 1.0  # Theta_0 == 0: nothing is remembered yet
-    before = [p.detach().clone() for p in learner.params]
-    again = learner.update(z[:, :, :2], z[:, :, 2:], null)  # the same clip: Theta explains it now
-    assert again.skipped and again.memory_ratio < 0.95 and "already remembered" in again.reason
-    assert all(torch.equal(a, p) for a, p in zip(before, learner.params))  # nothing written

@@ -108,7 +108,7 @@ def test_demo_on_recorded_shards(tmp_path):
     world_shards(tmp_path / "shards", chunk_frames=4, chunks_out=3)
     out = tmp_path / "demo"
     assert main(["--shards", str(tmp_path / "shards"), "--pose-tolerance", "0", "--episodes", "2", "--steps", "2",
-                 "--rank", "4", "--updates-per-chunk", "2", "--draws", "3", "--guidance", "1", "1.5",
+                 "--rank", "4", "--steps-per-chunk", "2", "--draws", "3", "--guidance", "1", "1.5",
                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["shards"] == str(tmp_path / "shards") and results["n_episodes"] == 2
@@ -256,8 +256,8 @@ def test_slow_fast_loop_from_shards(tmp_path):
     assert dm.episodes[0]["actions"][:2] == [(world_episode_action(0), 2), (world_episode_action(0), 1)]
     torch.manual_seed(0)
     system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lr=1e-3,
-                                chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / "mem"), lora_rank=4,
-                                records_per_batch=2)
+                                chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / "mem"),
+                                temp_lora={"rank": 4}, records_per_batch=2)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1)
     trainer.fit(system, dm)

@@ -14,8 +14,8 @@ from slowfast_vgen.systems import SlowFastLoopSystem
 def make(tmp_path):
     torch.manual_seed(0)
     return SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lr=1e-3,
-                              chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / "mem"), lora_rank=4,
-                              lora_lr=1e-2, temporal_dropout=0.0)
+                              chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / "mem"), temp_lora={"rank": 4,
+                              "lr": 1e-2}, temporal_dropout=0.0)
 
 
 def data():
@@ -100,8 +100,8 @@ def test_per_sample_lora_equals_applying_each_theta_alone(tmp_path):
 def fit_loop(tmp_path, run, max_steps=-1, max_epochs=2, ckpt_path=None, save=None, **kwargs):
     torch.manual_seed(0)
     system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lr=1e-3,
-                                chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / run / "mem"), lora_rank=4,
-                                lora_lr=1e-2, temporal_dropout=0.0, **kwargs)
+                                chunk_frames=2, context_frames=2, memory_dir=str(tmp_path / run / "mem"), temp_lora={"rank": 4,
+                                "lr": 1e-2}, temporal_dropout=0.0, **kwargs)
     # a checkpoint is written as training writes it (mid-epoch, at step `save`)
     callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / run, every_n_train_steps=save)] if save else []
     trainer = L.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", logger=False,
@@ -139,9 +139,9 @@ def test_inner_loop_runs_the_memory_learner_with_each_chunks_action_and_its_reve
     from slowfast_vgen.simulators.world import REVERSE
 
     system = SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), chunk_frames=2,
-                                context_frames=2, memory_dir=str(tmp_path / "mem"), lora_rank=4, lora_lr=1e-2,
-                                temporal_dropout=0.0, lora_options=dict(reverse=True, draws=2, clean_context=2,
-                                                                        text_condition="action", reverse_actions=REVERSE))
+                                context_frames=2, memory_dir=str(tmp_path / "mem"), temporal_dropout=0.0,
+                                temp_lora=dict(preset="episodic", rank=4, lr=1e-2, steps_per_chunk=1, draws=2,
+                                               reverse_actions=REVERSE))
     seen = []
     update = system.learner.update
     system.learner.update = lambda *a, **kw: (seen.append(kw), update(*a, **kw))[1]
@@ -155,8 +155,8 @@ def test_inner_loop_runs_the_memory_learner_with_each_chunks_action_and_its_reve
 
     from slowfast_vgen.errors import UserInputError
 
-    with pytest.raises(UserInputError, match=r"lora_options \['lr'\]: set them with"):
-        SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), lora_options={"lr": 1.0})
+    with pytest.raises(UserInputError, match=r"\['colour'\] are not known"):
+        SlowFastLoopSystem(build_unet3d("tiny"), PixelShuffleAutoencoder(), HashTextEncoder(), temp_lora={"colour": 1})
 
 
 def test_fresh_episodes_give_every_epoch_new_worlds():

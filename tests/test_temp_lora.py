@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator
-from slowfast_vgen.lora import TempLoRA
+from slowfast_vgen.temp_lora import TempLoRA
 from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
 from slowfast_vgen.seeds import stable_seed
 
@@ -77,7 +78,7 @@ def test_update_trains_on_the_concatenated_fully_noised_text_free_sequence():
     assert torch.equal(text, null)  # no action text
     assert int(t[0]) == record.timesteps[0]
     z0 = torch.cat([context, generated], dim=2)
-    g = torch.Generator().manual_seed(stable_seed("temp-lora", learner.seed, 0))
+    g = torch.Generator().manual_seed(stable_seed("temp-lora", learner.settings.seed, 0))
     t_ref = torch.randint(0, 1000, (1,), generator=g)
     noise = torch.randn(z0.shape, generator=g)
     assert torch.equal(t, t_ref)
@@ -143,18 +144,19 @@ def test_exploding_or_non_finite_updates_are_rolled_back():
     record = learner.update(context, bad, gen.text_encoder([""]))
     assert record.rolled_back and "non-finite" in record.reason
     assert all(torch.equal(a, p) for a, p in zip(good, learner.params))
-    learner.explode_factor = 1e-9  # any gradient now counts as exploding relative to the median
+    settings = learner.settings
+    learner.settings = dataclasses.replace(settings, explode_factor=1e-9)  # any gradient now explodes vs the median
     record = learner.update(context, torch.randn(1, 12, 3, 8, 8), gen.text_encoder([""]))
     assert record.rolled_back and "median" in record.reason
     assert all(torch.equal(a, p) for a, p in zip(good, learner.params))
-    learner.explode_factor = 20.0
+    learner.settings = settings
     assert not list(gen.stream(first_frames(), ACTIONS[:1]))[0].update.rolled_back  # generation goes on
 
 
 def test_no_local_variant_samples_from_the_whole_sequence():
     gen, learner = make(True, variant="no-local")
     list(gen.stream(first_frames(), ACTIONS * 2))
-    assert torch.cat(learner._sequence, dim=2).shape[2] == 2 + 3 * 6
+    assert learner.episode.frames().shape[2] == 2 + 3 * 6
 
 
 def test_bad_settings_are_clear_errors():
@@ -194,49 +196,6 @@ def test_diffusion_is_required_and_is_the_models_own():
     v = MaskedDiffusion(prediction_type="v_prediction")
     learner = TempLoRA(build_unet3d("tiny"), v, rank=4)
     assert learner.diffusion is v and learner.diffusion.prediction_type == "v_prediction"
-
-
-def test_lr_decay_writes_later_chunks_less():
-    """lr / (1 + d * i): the first chunk is written as without decay, the later ones with smaller steps."""
-    def steps(**kw):
-        gen, learner = make(True, explode_factor=float("inf"), **kw)
-        moved, previous = [], [p.detach().clone() for p in learner.params]
-        for _ in gen.stream(first_frames(), ACTIONS * 2, seed=3):
-            now = [p.detach().clone() for p in learner.params]
-            moved.append(float(sum((a - b).abs().sum() for a, b in zip(now, previous))))
-            previous = now
-        return moved, learner
-
-    plain, _ = steps()
-    decayed, learner = steps(lr_decay=1.0)
-    assert decayed[0] == pytest.approx(plain[0])
-    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / (1 + 5))
-    for i in range(2, 6):  # Adam's step is about lr per weight: the ratio follows the rate
-        assert decayed[i] / plain[i] < 0.75 and decayed[i] / plain[i] == pytest.approx(1 / (1 + i), rel=0.5)
-    with pytest.raises(UserInputError, match="lr_decay"):
-        make(True, lr_decay=-1)
-
-
-def test_write_chunks_freezes_theta_after_the_budget():
-    """write_chunks=N: chunks 0..N-1 are written as without a budget, later ones leave Theta exactly as it was."""
-    plain = list(make(True, explode_factor=float("inf"))[0].stream(first_frames(), ACTIONS * 2, seed=3))
-    gen, learner = make(True, explode_factor=float("inf"), write_chunks=2)
-    initial = [p.detach().clone() for p in learner.params]
-    stream = gen.stream(first_frames(), ACTIONS * 2, seed=3)
-    frozen = [next(stream), next(stream)]
-    theta = [p.detach().clone() for p in learner.params]
-    assert any(not torch.equal(t, p) for t, p in zip(theta, initial))  # written
-    frozen += list(stream)
-    assert all(torch.equal(t, p) for t, p in zip(theta, learner.params))  # then frozen
-    assert [c.update.skipped for c in frozen] == [False, False, True, True, True, True]
-    assert all("write budget" in c.update.reason for c in frozen[2:])
-    for a, b in zip(plain[:3], frozen[:3]):  # the written chunks and the one sampled right after: as without a budget
-        torch.testing.assert_close(a.latents, b.latents)
-    assert not torch.allclose(plain[4].latents, frozen[4].latents)  # later, the frozen Theta samples otherwise
-    learner.reset()
-    assert learner.chunks_seen == 0  # a new episode has the whole budget again
-    with pytest.raises(UserInputError, match="write_chunks must be >= 0"):
-        make(True, write_chunks=-1)
 
 
 def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_nothing(monkeypatch):
@@ -280,80 +239,33 @@ def test_cheaper_updates_train_fewer_frames_or_layers_and_checkpointing_changes_
     assert all(getattr(fn, "__self__", None) in layers for fn in calls)
     assert abs(loss_a - loss_b) < 1e-6 and all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
     assert all(not torch.equal(x, y) for x, y in zip(a, initial))  # it learned: not a comparison of untouched weights
-    with pytest.raises(UserInputError, match="update_frames must be >= 0"):
+    with pytest.raises(UserInputError, match="update_frames >= 0"):
         learner(update_frames=-1)
 
 
 def test_one_settings_object_for_the_learner_the_callback_and_the_loop():
     from slowfast_vgen.callbacks import TempLoRA as TempLoRACallback
-    from slowfast_vgen.lora import TempLoRASettings
+    from slowfast_vgen.temp_lora import PRESETS, TempLoRASettings
 
     with pytest.raises(UserInputError, match=r"\['colour'\] are not known"):
         TempLoRACallback(colour="red")  # at construction, not when predict starts
-    with pytest.raises(UserInputError, match="lr_decay must be >= 0"):
-        TempLoRACallback({"rank": 4, "lr_decay": -1.0})  # a YAML mapping
+    with pytest.raises(UserInputError, match="loss_guard >= 0"):
+        TempLoRACallback({"rank": 4, "loss_guard": -1.0})  # a YAML mapping
+    with pytest.raises(UserInputError, match="preset 'best' is not known"):
+        TempLoRACallback({"preset": "best"})
     callback = TempLoRACallback({"rank": 4}, lr=1e-3)  # options over settings
     assert callback.settings == TempLoRASettings(rank=4, lr=1e-3)
     learner = TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), callback.settings, seed=3)
-    assert (learner.rank, learner.lr, learner.seed) == (4, 1e-3, 3) and learner.settings.rank == 4
-
-
-def test_memory_guidance_is_phi_alone_plus_w_times_thetas_change_in_eq3s_regime(monkeypatch):
-    """eps = eps_guided^Phi(clean context) + w [eps^{Phi+Theta} - eps^Phi](context noised to t, null text)."""
-    from slowfast_vgen.diffusion import MemoryGuidance
-
-    torch.manual_seed(0)
-    state = {"theta": True}
-    calls = []
-
-    def denoiser(inp, t, txt):  # "Theta" adds the mean of the context frames it sees to every frame
-        calls.append(state["theta"])
-        return inp * 0.5 + txt.mean() + (inp[:, :, :2].mean(2, keepdim=True) if state["theta"] else 0)
-
-    sampler = ChunkSampler(MaskedDiffusion().scheduler_config(), "ddim", num_inference_steps=2)
-    seen = []
-    step = sampler.scheduler.step
-    monkeypatch.setattr(sampler.scheduler, "step", lambda eps, t, x: (seen.append((eps, t, x)), step(eps, t, x))[1])
-    context, text, null = torch.randn(1, 3, 2, 4, 4), torch.ones(1, 1, 8), torch.zeros(1, 1, 8)
-    memory = MemoryGuidance(lambda on: state.update(theta=on), 1.5, torch.Generator().manual_seed(7))
-    sampler.sample(denoiser, context, 3, text, null, torch.Generator().manual_seed(3), memory=memory)
-    assert state["theta"] and calls.count(True) == 2  # one Theta pass per step; Theta back on afterwards
-    ctx_noise = torch.randn(context.shape, generator=torch.Generator().manual_seed(7))
-    state["theta"] = False
-    for eps, t, x in seen:
-        guided = sampler.guided_noise(denoiser, context, x, t, text, null)  # Phi alone, clean context
-        noised = sampler.noised_context(context, ctx_noise, t)  # Theta read in Eq. 3's regime: context noised to t
-        expected = guided + 1.5 * noised.mean(2, keepdim=True).expand_as(x)
-        torch.testing.assert_close(eps, expected)
-        assert not torch.allclose(noised, context)
-    with pytest.raises(UserInputError, match="memory guidance weight"):
-        MemoryGuidance(lambda on: None, -1.0)
-
-
-def test_read_timestep_range_applies_theta_only_at_the_steps_it_admits():
-    """Theta applied at every step equals the ungated generator; at none, Theta is written but the video is
-    Phi's alone (the no-memory arm); at the first step only, something in between."""
-    plain, _ = make(False)
-    direct, _ = make(True)
-    steps = direct.sampler.scheduler
-    steps.set_timesteps(direct.sampler.num_inference_steps)
-    ts = sorted(int(t) for t in steps.timesteps)
-    last = lambda **kw: list(make(True, **kw)[0].stream(first_frames(), ACTIONS, seed=3))[-1].latents  # noqa: E731
-    reference, no_memory = last(), list(plain.stream(first_frames(), ACTIONS, seed=3))[-1].latents
-    assert torch.equal(last(read_timestep_range=(0, 1000)), reference)
-    assert torch.equal(last(read_timestep_range=(ts[-1] + 1, ts[-1] + 2)), no_memory)
-    first_only = last(read_timestep_range=(ts[-2] + 1, 1000))
-    assert not torch.equal(first_only, reference) and not torch.equal(first_only, no_memory)
-    with pytest.raises(UserInputError, match=r"read_timestep_range is \[lo, hi\).*\[500, 100\]"):
-        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_timestep_range=(500, 100))
-    with pytest.raises(UserInputError, match="does not combine"):
-        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_timestep_range=(500, 1000), memory_guidance=1.0)
+    assert (learner.settings.rank, learner.settings.lr, learner.settings.seed) == (4, 1e-3, 3)
+    # a preset by name, fields over it: the same object the commands build from --temp-lora
+    gated = TempLoRACallback({"preset": "episodic-gated", "steps_per_chunk": 2}).settings
+    assert gated == TempLoRASettings(**{**PRESETS["episodic-gated"], "steps_per_chunk": 2})
 
 
 def test_read_gate_applies_theta_only_to_chunks_whose_start_the_memory_recognises():
     """A gate that admits nothing is the no-memory arm (Theta still written); one that admits everything is the
     ungated generator; recognition is 0 where a rehearsed clip under the action starts at the context exactly."""
-    kw = dict(consolidate=True, reverse=True, turns=True, draws=4, clean_context=2, text_condition="action",
+    kw = dict(write="rehearsal", reverse=True, turns=True, draws=4, clean_context=2, text_condition="action",
               reverse_actions={"go left": "go right", "go right": "go left", "go up": "go down"})
     plain, _ = make(False)
     no_memory = [c.latents for c in plain.stream(first_frames(), ACTIONS, seed=3)]
@@ -367,31 +279,19 @@ def test_read_gate_applies_theta_only_to_chunks_whose_start_the_memory_recognise
     # nothing written before the first chunk, and no clip rehearsed under "go up" before the third: not read
     assert [c.update.read for c in opened] == [False, True, False]
     assert [c.update.recognition for c in opened][::2] == [float("inf")] * 2
-    _, learner = make(True, **kw)
+    _, learner = make(True, read_gate=1.0, **kw)
     dim = learner.unet.config.cross_attention_dim
     null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
     frames = torch.randn(1, learner.unet.config.in_channels, 8, 4, 4)
-    assert learner.recognition(frames[:, :, :2], left) == float("inf")  # nothing written yet
+    recognition = lambda context, text: learner.read.recognition(learner.episode, context, text)  # noqa: E731
+    assert recognition(frames[:, :, :2], left) == float("inf")  # nothing written yet
     learner.update(frames[:, :, :2], frames[:, :, 2:5], null, left, right)
     learner.update(frames[:, :, 3:5], frames[:, :, 5:8], null, left, right)
     here = frames[:, :, 6:8]  # the context at the end: the turn back from here under "go right" is rehearsed
-    assert learner.recognition(here, right) == 0.0
-    assert learner.recognition(here, left) > 0.3  # the same place under the outward action: not a clip it holds
-    assert learner.recognition(torch.randn_like(here) * 3, right) > 0.3  # a place never seen
-    with pytest.raises(UserInputError, match="read_gate.*consolidate"):
+    assert recognition(here, right) == 0.0
+    assert recognition(here, left) > 0.3  # the same place under the outward action: not a clip it holds
+    assert recognition(torch.randn_like(here) * 3, right) > 0.3  # a place never seen
+    with pytest.raises(UserInputError, match="options of write 'rehearsal'"):
         TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), read_gate=0.5)
 
 
-def test_memory_guidance_reads_a_learned_theta_and_nothing_from_a_zero_one():
-    plain, _ = make(False)
-    guided, learner = make(True, memory_guidance=1.0)
-    a = list(plain.stream(first_frames(), ACTIONS, seed=3))
-    b = list(guided.stream(first_frames(), ACTIONS, seed=3))
-    assert torch.equal(a[0].latents, b[0].latents)  # Theta_0 == 0: Phi alone, the same z_T
-    assert not torch.equal(a[-1].latents, b[-1].latents)  # a learned Theta is read
-    assert not any(m.disable_adapters for m in learner.lora_layers())  # Theta left on for the update
-    merging, _ = make(True, memory_guidance=1.0)
-    merging.merge_for_sampling = True  # merging would bake Theta into Phi's branch: it is skipped
-    assert torch.equal(list(merging.stream(first_frames(), ACTIONS, seed=3))[-1].latents, b[-1].latents)
-    with pytest.raises(UserInputError, match="memory_guidance"):
-        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), memory_guidance=-0.5)

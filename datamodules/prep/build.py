@@ -222,11 +222,17 @@ def build_shards(
     overwrite: bool = False,
     progress: bool = True,
     gt: str | Path | None = None,
+    reverse_actions: str | Path | dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Build (or resume building) a shard set; returns a summary (also printed by the CLI)."""
+    """Build (or resume building) a shard set; returns a summary (also printed by the CLI). ``reverse_actions``:
+    a JSON file (or a dict) of each action's reverse text, kept in the manifest for Temp-LoRA's rehearsal."""
     from tqdm import tqdm
 
     size = parse_size(size)
+    if reverse_actions is not None and not isinstance(reverse_actions, dict):
+        from slowfast_vgen.temp_lora.settings import read_reverse_actions
+
+        reverse_actions = read_reverse_actions(reverse_actions)
     rows = read_action_file(actions)
     truth = read_gt_file(gt) if gt is not None else {}
     if truth and fps is not None:
@@ -248,7 +254,7 @@ def build_shards(
                "gt": None if gt is None else Path(gt).name}
     writer = ShardSetWriter(out, "video", options, video=video, crf=crf, gop=gop, segment_frames=segment_frames,
                             overlap=overlap, shard_bytes=shard_bytes, limit_shards=limit_shards, size=size,
-                            overwrite=overwrite, pix_fmt=pix_fmt)
+                            overwrite=overwrite, pix_fmt=pix_fmt, reverse_actions=reverse_actions)
     summary: dict[str, Any] = {"out": str(out), "videos": len(by_video), "skipped_videos": {},
                                "unlabelled_videos": len(set(files.values()) - set(by_video)),
                                "actions_for_missing_videos": len(missing),

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--gt", default=None, help="per-frame ground truth (JSONL: video, frame, pose fields, optional "
                                               "revisit_of) for the revisit benchmark (docs/data-format.md)")
+    p.add_argument("--reverse-actions", default=None, metavar="FILE",
+                   help="JSON {action: its reverse}, kept in the manifest: the texts of Temp-LoRA's reversed and "
+                        "turn-back clips on this data (docs/memory.md)")
 
     p = sub.add_parser("verify", help="check a shard set against its manifest (sizes, sha256, crc32)")
     p.add_argument("shards")
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                            pix_fmt=args.pix_fmt, fps=args.fps, size=args.size, segment_frames=args.segment_frames,
                            overlap=args.overlap, shard_bytes=args.shard_size, domain=args.domain,
                            first_frame_only=args.first_frame_only, limit_shards=args.limit_shards,
-                           overwrite=args.overwrite, progress=not args.no_progress, gt=args.gt)
+                           overwrite=args.overwrite, progress=not args.no_progress, gt=args.gt,
+                           reverse_actions=args.reverse_actions)
     elif args.command == "verify":
         from slowfast_vgen.datamodules.shards.format import verify_shards
 

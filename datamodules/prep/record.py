@@ -45,7 +45,8 @@ def record_shards(
     options = {"episodes": episodes, "policy": policy, "seed": seed, "loops": loops, "scenario": scenario,
                "map": doom_map, "resolution": resolution, "shard_bytes": shard_bytes}
     writer = ShardSetWriter(out, "vizdoom", options, video=video, segment_frames=segment_frames, overlap=overlap,
-                            shard_bytes=shard_bytes, limit_shards=limit_shards, overwrite=overwrite)
+                            shard_bytes=shard_bytes, limit_shards=limit_shards, overwrite=overwrite,
+                            reverse_actions=REVERSE)
     summary: dict[str, Any] = {"out": str(out), "episodes": episodes, "resumed_samples": writer.resumed_samples}
     if writer.already_complete:
         return {**summary, "complete": True, "note": "already complete; nothing to do"}

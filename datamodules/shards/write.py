@@ -55,7 +55,7 @@ class ShardSetWriter:
     def __init__(self, root: str | Path, kind: str, options: dict[str, Any], video: str = "mp4", crf: int = 18,
                  gop: int = 16, segment_frames: int = 256, overlap: int = 16, shard_bytes: int = 256 << 20,
                  limit_shards: int | None = None, size: tuple[int, int] | int | None = None,
-                 overwrite: bool = False, pix_fmt: str = "yuv420p") -> None:
+                 overwrite: bool = False, pix_fmt: str = "yuv420p", reverse_actions: dict[str, str] | None = None) -> None:
         if segment_frames < 2 or not 0 <= overlap < segment_frames:
             raise UserInputError(f"need segment_frames >= 2 and 0 <= overlap < segment_frames, got "
                                  f"{segment_frames} and {overlap}")
@@ -80,6 +80,8 @@ class ShardSetWriter:
             if self.root.exists() and any(self.root.glob("*.tar")):
                 raise UserInputError(f"{self.root} holds .tar files but no {MANIFEST}; choose an empty directory")
             self.manifest = new_manifest(kind, options)
+        if reverse_actions:  # declared with the data: the reverse of each action (Temp-LoRA's turn-back clips)
+            self.manifest["reverse_actions"] = dict(reverse_actions)
         # A stop can leave an unfinished .tmp shard, or a renamed shard the manifest does not list yet: redo both.
         listed = {s["name"] for s in self.manifest["shards"]}
         if self.root.exists():

@@ -24,11 +24,6 @@ from pathlib import Path
 from slowfast_vgen.errors import ArgumentParser, UserInputError, nonnegative_int, positive_int
 from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
 
-# What the demo runs unless told otherwise: the Temp-LoRA configuration that met issue 13's memory acceptance on the
-# built-in world (docs/memory.md, Search 12), measured without guidance. The paper's own: --temp-lora paper --guidance 2 5.
-DEMO_PRESET = "episodic-gated"
-DEMO_GUIDANCE = (1.0, 1.0)
-
 
 def build_demo_system(config: Path, weights: Path | None, train_minutes: float, out: Path):
     """The demo LightningModule: shipped weights if present, else a short CPU training run."""
@@ -59,7 +54,9 @@ def build_demo_system(config: Path, weights: Path | None, train_minutes: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.lora import DEFAULT_TARGETS, TempLoRASettings, lora_kwargs, lora_options
+    from dataclasses import asdict
+
+    from slowfast_vgen.temp_lora import PRESET_GUIDANCE, add_options, settings_from_args
 
     parser = ArgumentParser(prog="sfvgen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -68,13 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--chunks-out", type=positive_int, default=3, help="chunks away from the start before returning")
     parser.add_argument("--steps", type=positive_int, default=20, help="DPM-Solver steps per chunk (paper: 20)")
-    parser.add_argument("--noised-context-steps", type=nonnegative_int, default=None,
-                        help="the first N sampling steps see the context noised to their level (Temp-LoRA's regime; "
-                             "both arms); default: the config's (0, the paper's clean context)")
-    parser.add_argument("--guidance", type=float, nargs=2, default=DEMO_GUIDANCE, metavar=("IMAGE", "TEXT"),
+    parser.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("IMAGE", "TEXT"),
                         help="classifier-free guidance scales of the context and the action text (both arms; default: "
-                             "1 1, no guidance, where the shipped memory was measured; the paper's: 2 5)")
-    lora_options(parser, default_preset=DEMO_PRESET)
+                             "the preset's: 1 1 (none) for the rehearsal presets, where their memory was measured; 2 5 "
+                             "for paper, as the paper)")
+    add_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
     parser.add_argument("--shards", type=Path, default=None,
@@ -86,13 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pose-tolerance", type=float, default=4.0,
                         help="--shards: frames within this distance (map units) and at the same angle are one place")
     args = parser.parse_args(argv)
-    if args.shards is not None:
-        from slowfast_vgen.simulators.vizdoom import REVERSE
-    else:
-        from slowfast_vgen.simulators.world import REVERSE
+    args.guidance = args.guidance or PRESET_GUIDANCE[args.temp_lora]
+    if args.shards is not None:  # the action reversals are declared with the data
+        from slowfast_vgen.datamodules.shards.format import load_manifest
 
-    lora = lora_kwargs(args, REVERSE)
-    TempLoRASettings.build(lora)  # a bad Temp-LoRA value fails now, not after the arm without memory
+        if not args.shards.is_dir():
+            raise UserInputError(f"--shards {str(args.shards)!r}: not a folder (expected a shard set with a "
+                                 f"manifest.json, e.g. from `sfvgen data record`)")
+        reverse = load_manifest(args.shards).get("reverse_actions")
+    else:
+        from slowfast_vgen.datamodules.world import WorldRevisitDataset
+
+        reverse = WorldRevisitDataset.reverse_actions
+    lora = settings_from_args(args, reverse)  # a bad Temp-LoRA value fails now, not after the arm without memory
+    if lora.turn_back_note():
+        print(f"Temp-LoRA: {lora.turn_back_note()}")
     if args.first_episode and args.shards is None:
         raise UserInputError(f"--first-episode {args.first_episode} picks recorded episodes: use it with --shards (the "
                              "built-in world's episodes are picked by --seed)")
@@ -109,16 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     system, world, model_info = build_demo_system(args.config, args.weights, args.train_minutes, args.out)
     system.sampler.num_inference_steps = args.steps
-    if args.noised_context_steps is not None:
-        system.sampler.noised_context_steps = args.noised_context_steps
     system.sampler.guidance_image, system.sampler.guidance_text = args.guidance
     chunk = system.generator.chunk_frames
     if args.shards is not None:
         from slowfast_vgen.datamodules.recorded import RecordedRevisitDataset
 
-        if not args.shards.is_dir():
-            raise UserInputError(f"--shards {str(args.shards)!r}: not a folder (expected a shard set with a "
-                                 f"manifest.json, e.g. from `sfvgen data record`)")
         episodes = RecordedRevisitDataset(args.shards, world.get("resolution"), chunk, system.generator.context_frames,
                                           episodes=args.episodes, pose_tolerance=args.pose_tolerance,
                                           first_episode=args.first_episode)
@@ -128,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                                        min_gap=chunk + system.generator.context_frames, **world)
     print(f"generating {args.episodes} revisit episodes without Temp-LoRA ...")
     plain = generate_episodes(system, episodes, None)
-    print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora['rank']}, lr {lora['lr']}, "
-          f"updates per chunk: {lora['steps_per_chunk']}) ...")
+    print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora.rank}, lr {lora.lr}, "
+          f"steps per chunk: {lora.steps_per_chunk}) ...")
     fast = generate_episodes(system, episodes, lora)
     print("scoring ...")
     src = SceneRevisitConsistency(backbone="auto")
@@ -141,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance, "first_episode": args.first_episode}
            if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
-        "noised_context_steps": system.sampler.noised_context_steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
-        "temp_lora": {"variant": "temp-lora", "target_modules": ",".join(DEFAULT_TARGETS), **lora}, "world": world,
+        "temp_lora": {"preset": args.temp_lora, **asdict(lora)}, "world": world,
         "src_protocol": src.protocol(), "seconds": None,
     }
     settings["seconds"] = round(time.perf_counter() - start, 1)

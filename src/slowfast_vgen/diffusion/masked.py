@@ -57,7 +57,7 @@ class DiffusionInputs:
     text: torch.Tensor  # (B, L, D)
     drop_image: torch.Tensor  # (B,) bool
     drop_text: torch.Tensor  # (B,) bool
-    n_context: torch.Tensor  # (B,) the clean frames each sample kept (0 where the clip was fully noised)
+    n_context: torch.Tensor  # (B,) the clean frames each sample kept
 
 
 class MaskedDiffusion:
@@ -70,13 +70,6 @@ class MaskedDiffusion:
         p_drop_text: probability of dropping the text condition (paper: 0.1-0.15).
         prediction_type: what the network predicts: ``"epsilon"`` (paper, ModelScope), ``"v_prediction"``
             or ``"sample"`` (z_0). Samplers built from :meth:`scheduler_config` follow it.
-        p_full_noise: probability that a training clip is put in the regime Temp-LoRA writes in (Eq. 3):
-            every frame noised, the loss on all of them, the null text. Off in the paper's slow learning
-            (default 0); a model that never saw such clips is asked by Eq. 3 to learn in a regime it does not
-            know (issue 13, docs/memory.md). Drawn after the sample's noise, so 0 leaves every draw unchanged.
-        full_noise_text: full-noise clips keep their text (and its usual dropout, ``p_drop_text``) instead of
-            the null text, so that Phi also learns the regime under an action: what a sampler that sees its
-            context noised (``ChunkSampler(noised_context_steps=...)``) asks of it. Off: Eq. 3's input exactly.
     """
 
     def __init__(
@@ -88,12 +81,10 @@ class MaskedDiffusion:
         p_drop_image: float = 0.1,
         p_drop_text: float = 0.15,
         prediction_type: str = "epsilon",
-        p_full_noise: float = 0.0,
-        full_noise_text: bool = False,
     ) -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise UserInputError(f"MaskedDiffusion: prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
-        for name, p in (("p_drop_image", p_drop_image), ("p_drop_text", p_drop_text), ("p_full_noise", p_full_noise)):
+        for name, p in (("p_drop_image", p_drop_image), ("p_drop_text", p_drop_text)):
             if not 0.0 <= p <= 1.0:
                 raise UserInputError(f"MaskedDiffusion: {name} must be in [0, 1], got {p}")
         self.scheduler = DDPMScheduler(
@@ -104,8 +95,7 @@ class MaskedDiffusion:
             prediction_type=prediction_type,
         )
         self.num_train_timesteps = num_train_timesteps
-        self.p_drop_image, self.p_drop_text, self.p_full_noise = p_drop_image, p_drop_text, p_full_noise
-        self.full_noise_text = full_noise_text
+        self.p_drop_image, self.p_drop_text = p_drop_image, p_drop_text
 
     def scheduler_config(self) -> dict:
         """The schedule, for building an inference scheduler with identical betas."""
@@ -142,24 +132,17 @@ class MaskedDiffusion:
         b, _, f = z0.shape[:3]
         if n_context.shape != (b,) or bool((n_context < 0).any()) or bool((n_context >= f).any()):
             raise UserInputError(f"n_context: expected {b} values in [0, {f - 1}], got {n_context.tolist()}")
-        t, noise, u, full = [], [], [], []
+        t, noise, u = [], [], []
         for seed in seeds.tolist():
             g = torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
             t.append(torch.randint(0, self.num_train_timesteps, (1,), generator=g))
             u.append(torch.rand(2, generator=g))
             noise.append(torch.randn(z0.shape[1:], generator=g))
-            draw = cfg_dropout and self.p_full_noise > 0  # drawn last: p = 0 leaves the other draws as they were
-            full.append(draw and float(torch.rand((), generator=g)) < self.p_full_noise)
         t = torch.cat(t).to(z0.device)  # (B,)
         noise = torch.stack(noise).to(z0.device, z0.dtype)  # (B, C, F, h, w)
         u = torch.stack(u).to(z0.device)  # (B, 2)
         drop_image = (u[:, 0] < self.p_drop_image) if cfg_dropout else torch.zeros(b, dtype=torch.bool)
         drop_text = (u[:, 1] < self.p_drop_text) if cfg_dropout else torch.zeros(b, dtype=torch.bool)
-        full = torch.tensor(full, dtype=torch.bool, device=n_context.device)
-        # Eq. 3's regime (p_full_noise): no clean frame, no text (unless full_noise_text)
-        n_context = torch.where(full, torch.zeros_like(n_context), n_context)
-        if not self.full_noise_text:
-            drop_text = drop_text | full.to(drop_text.device)
         ctx = context_mask(n_context, f)[:, None, :, None, None]  # (B, 1, F, 1, 1)
         # Eq. 1: z_t = z_{0,:f_p} (+) [sqrt(abar) z_{0,f_p:} + sqrt(1 - abar) eps]
         clean = torch.where(drop_image[:, None, None, None, None].to(z0.device), torch.zeros_like(z0), z0)

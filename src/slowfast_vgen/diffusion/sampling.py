@@ -9,28 +9,11 @@ Guidance (App. C.1): eps = eps_uncond + s_img (eps_img - eps_uncond) + s_txt (ep
 s_img = 2 and s_txt = 5; the three branches run as one batched UNet call. With no context (f_p = 0) the
 image branch equals the unconditional one and the rule reduces to text guidance, which is exactly
 ``TextToVideoSDPipeline``'s.
-
-Noised context (``noised_context_steps``, off in the paper): in the first sampling steps the context enters at
-the step's own noise level, z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps_ctx (one eps_ctx per chunk), as in
-the "replacement" sampler of Ho et al.'s Video Diffusion Models. That is the regime Temp-LoRA writes Theta in
-(Eq. 3: the whole clip noised at one t), so the steps that set the layout of the new frames ask the model in the
-regime where its memory is read (issue 13, docs/memory.md Search 8). Those steps use text guidance only (both
-branches see the noised context): a model trained with ``MaskedDiffusion(p_full_noise, full_noise_text=True)``
-knows that regime with and without the action's text.
-
-Memory guidance (:class:`MemoryGuidance`, off in the paper): Theta is read in the regime Eq. 3 writes it in, and
-only there (docs/memory.md, Searches 7-8), while the clean-context sampler reads almost none of it and is damaged
-by it. With memory guidance the step's prediction is Phi's alone (Theta off) under the usual three-way guidance,
-plus w times what Theta changes in Eq. 3's regime: eps = eps_guided^Phi(clean context) + w [eps^{Phi+Theta}(z_t^ctx,
-x_t, null) - eps^Phi(z_t^ctx, x_t, null)] on the new frames, with the context noised to the step's level as in
-Eq. 3 (one noise draw per chunk). A classifier-free-guidance-like term whose "condition" is the episodic memory:
-the frames follow the action as Phi does and move towards what Theta remembers of the places.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -59,49 +42,6 @@ def threshold_sample(sample: torch.Tensor, sample_max_value: float, ratio: float
     return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
 
 
-@dataclass
-class MemoryGuidance:
-    """Read Temp-LoRA's Theta by guidance in Eq. 3's regime (see the module's docstring).
-
-    Args:
-        toggle: switches Theta on (True) or off (False), e.g. ``TempLoRA.set_enabled``; left on after sampling.
-        weight: w, the scale of the memory term (0: Phi alone, Theta never read).
-        generator: draws the context's noise (one draw per chunk), apart from the sampler's own draws so that
-            the arms with and without memory start every chunk from the same z_T.
-    """
-
-    toggle: Callable[[bool], None]
-    weight: float
-    generator: torch.Generator | None = None
-
-    def __post_init__(self) -> None:
-        if not self.weight >= 0:
-            raise UserInputError(f"memory guidance weight must be >= 0 (0: Theta is not read), got {self.weight}")
-
-
-@dataclass
-class ThetaGate:
-    """Apply Temp-LoRA's Theta only at the sampler's steps whose timestep t is in ``[lo, hi)`` (Phi alone at the
-    others): a Theta written at high noise levels only is read there and damages the low ones (docs/memory.md,
-    Search 9).
-
-    Args:
-        toggle: switches Theta on (True) or off (False), e.g. ``TempLoRA.set_enabled``; left on after sampling.
-        lo, hi: the training timesteps at which Theta is applied.
-    """
-
-    toggle: Callable[[bool], None]
-    lo: int
-    hi: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.lo < self.hi:
-            raise UserInputError(f"Theta's read timesteps are [lo, hi) with 0 <= lo < hi, got [{self.lo}, {self.hi})")
-
-    def applies(self, t: int | torch.Tensor) -> bool:
-        return self.lo <= int(t) < self.hi
-
-
 class ChunkSampler:
     """Generates the next ``f_g`` latent frames of a video given clean context latents and an action.
 
@@ -113,8 +53,6 @@ class ChunkSampler:
         thresholding: dynamic thresholding of the predicted clean sample (Imagen) to [-max, max]: for
             pixel-space models, whose data lie in [-1, 1]; latent models (ModelScope) leave it off.
         sample_max_value: the bound used by ``thresholding``.
-        noised_context_steps: the first N sampling steps see the context noised to the step's level instead
-            of clean (see the module's docstring); 0 (default) is the paper's sampler.
     """
 
     def __init__(
@@ -126,15 +64,11 @@ class ChunkSampler:
         guidance_text: float = 5.0,
         thresholding: bool = False,
         sample_max_value: float = 1.0,
-        noised_context_steps: int = 0,
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise UserInputError(f"unknown scheduler {scheduler!r}; expected one of {sorted(SCHEDULERS)}")
         if num_inference_steps < 1:
             raise UserInputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if noised_context_steps < 0:
-            raise UserInputError(f"noised_context_steps must be >= 0 (0: the paper's clean context), got {noised_context_steps}")
-        self.noised_context_steps = noised_context_steps
         self.scheduler_name = scheduler
         self.thresholding, self.sample_max_value = thresholding, sample_max_value
         extra = dict(thresholding=True, sample_max_value=sample_max_value) if thresholding else {}
@@ -150,14 +84,11 @@ class ChunkSampler:
         t: torch.Tensor,
         text: torch.Tensor,
         null_text: torch.Tensor,
-        noised: bool = False,
     ) -> torch.Tensor:
         """Three-way guided noise prediction for the new frames ``x`` (B, C, f_g, h, w).
-
-        ``noised``: ``context`` is already noised to the step's level; text guidance only.
         """
         b, f_p = x.shape[0], context.shape[2]
-        use_image = f_p > 0 and self.guidance_image != 1.0 and not noised
+        use_image = f_p > 0 and self.guidance_image != 1.0
         null = null_text.expand(b, *null_text.shape[1:])
         # Branch order [uncond, (image), text] as in diffusers pipelines ([negative, positive]).
         if use_image:
@@ -189,20 +120,14 @@ class ChunkSampler:
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         progress: bool = False,
-        memory: MemoryGuidance | None = None,
-        gate: ThetaGate | None = None,
     ) -> torch.Tensor:
         """Generate ``n_frames`` new latent frames after ``context`` (B, C, f_p, h, w); f_p may be 0.
 
         Returns the whole chunk ``(B, C, f_p + n_frames, h, w)``: the context, bit-identical, then the new
-        frames. ``latents`` overrides the initial noise z_T (B, C, n_frames, h, w). ``memory``: read Theta by
-        memory guidance instead of sampling with it applied (see the module's docstring). ``gate``: Theta applied
-        only at the steps whose timestep it admits (:class:`ThetaGate`).
+        frames. ``latents`` overrides the initial noise z_T (B, C, n_frames, h, w).
         """
         if n_frames < 1:
             raise UserInputError(f"n_frames must be >= 1, got {n_frames}")
-        if memory is not None and gate is not None:
-            raise UserInputError("read Theta by memory guidance or gate it by timestep, not both")
         b, c, _, h, w = context.shape
         shape = (b, c, n_frames, h, w)
         if latents is None:
@@ -211,58 +136,12 @@ class ChunkSampler:
             raise UserInputError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         self.scheduler.set_timesteps(self.num_inference_steps, device=context.device)
         x = latents * self.scheduler.init_noise_sigma  # z_T for the new frames
-        ctx_noise = None
-        if self.noised_context_steps > 0 and context.shape[2] > 0:  # drawn after z_T: 0 steps change no draw
-            ctx_noise = torch.randn(context.shape, generator=generator, device=context.device, dtype=context.dtype)
-        memory_noise = None
-        if memory is not None:
-            memory_noise = torch.randn(context.shape, generator=memory.generator, device=context.device, dtype=context.dtype)
-        try:
-            for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
-                noised = ctx_noise is not None and i < self.noised_context_steps
-                ctx = self.noised_context(context, ctx_noise, t) if noised else context
-                if memory is not None:
-                    memory.toggle(False)  # the guided prediction is Phi's alone
-                if gate is not None:
-                    gate.toggle(gate.applies(t))
-                eps = self.guided_noise(denoiser, ctx, x, t, text, null_text, noised=noised)
-                if memory is not None and memory.weight > 0:
-                    eps = eps + memory.weight * self.memory_term(denoiser, memory, context, memory_noise, x, t, null_text)
-                if self.thresholding and isinstance(self.scheduler, EulerDiscreteScheduler):
-                    eps = self._euler_thresholded_output(eps, x)
-                x = self.scheduler.step(eps, t, x).prev_sample
-        finally:
-            for reader in (memory, gate):
-                if reader is not None:
-                    reader.toggle(True)
+        for t in tqdm(self.scheduler.timesteps, desc="denoise", leave=False, disable=not progress):
+            eps = self.guided_noise(denoiser, context, x, t, text, null_text)
+            if self.thresholding and isinstance(self.scheduler, EulerDiscreteScheduler):
+                eps = self._euler_thresholded_output(eps, x)
+            x = self.scheduler.step(eps, t, x).prev_sample
         return torch.cat([context, x.to(context.dtype)], dim=2)  # the clean context, re-inserted
-
-    def memory_term(
-        self,
-        denoiser: Denoiser,
-        memory: MemoryGuidance,
-        context: torch.Tensor,
-        noise: torch.Tensor,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        null_text: torch.Tensor,
-    ) -> torch.Tensor:
-        """eps^{Phi+Theta} - eps^Phi on the new frames of Eq. 3's input: the whole clip at step t's level, no text."""
-        b, f_p = x.shape[0], context.shape[2]
-        inp = torch.cat([self.noised_context(context, noise, t), self.scheduler.scale_model_input(x, t)], dim=2)
-        null, steps = null_text.expand(b, *null_text.shape[1:]), t.expand(b)
-        memory.toggle(True)
-        with_theta = denoiser(inp, steps, null)[:, :, f_p:]
-        memory.toggle(False)
-        return with_theta - denoiser(inp, steps, null)[:, :, f_p:]
-
-    def noised_context(self, context: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The context at step t's noise level, in the model's input form (Eq. 8), for every scheduler.
-
-        Euler's model input is x / sqrt(sigma^2 + 1), which is this same form; its timesteps may be fractional.
-        """
-        abar = self.scheduler.alphas_cumprod[int(round(float(t)))].to(context.device, torch.float32)
-        return (abar.sqrt() * context.float() + (1 - abar).sqrt() * noise.float()).to(context.dtype)
 
     def _euler_thresholded_output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The model output that makes Euler's clean-sample estimate the dynamically thresholded one.

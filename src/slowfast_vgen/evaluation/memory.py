@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
-from slowfast_vgen.lora import lora_kwargs, lora_options
 from slowfast_vgen.models.unet import unet_output
 from slowfast_vgen.seeds import stable_seed
 
@@ -180,11 +179,6 @@ def measure_memory(
       the benchmark pools pixels): > 0 means the model denoises what it must remember better with Theta;
     * ``damage_context``: L_on / L_off - 1 in the sampler's regime on the positions the context shows (copying);
     * ``damage_unseen``: the same on every target position of another episode's chunks (``unseen``).
-
-    With ``memory_guidance`` w > 0 in the learner's settings, "Theta on" in the sampler's regime (``read``,
-    ``damage_*``) is what generation then reads: Phi alone plus w times Theta's change on the same clip fully
-    noised under the null text (:class:`slowfast_vgen.diffusion.MemoryGuidance`); with ``read_timestep_range``,
-    Theta is off in that regime at the timesteps outside it, as in generation.
     """
     gen, diffusion = system.generator, system.diffusion
     f_g, f_p = gen.chunk_frames, gen.context_frames
@@ -198,24 +192,10 @@ def measure_memory(
         s = 1 + c * f_g
         return ep_z[:, :, max(0, s - f_p) : s], ep_z[:, :, s : s + f_g]
 
-    guidance = float(learner.settings.memory_guidance)
-    read_range = learner.settings.read_timestep_range
-
-    def predict(noisy, full, t, text, on: bool, clean: bool) -> torch.Tensor:
-        """The prediction with Theta on / off; on, in the sampler's regime with memory guidance: Phi alone plus
-        w times Theta's change on the fully noised clip (``full``) under the null text; with a read range, Phi
-        alone outside it."""
-        if clean and read_range is not None and not read_range[0] <= int(t[0]) < read_range[1]:
-            on = False
+    def predict(noisy, t, text, on: bool) -> torch.Tensor:
         with torch.no_grad():
-            learner.set_enabled(on and not (clean and guidance > 0))
-            pred = unet_output(system.unet, noisy, t, text).float()
-            if on and clean and guidance > 0:
-                learner.set_enabled(True)
-                with_theta = unet_output(system.unet, full, t, null).float()
-                learner.set_enabled(False)
-                pred = pred + guidance * (with_theta - unet_output(system.unet, full, t, null).float())
-        return pred
+            learner.set_enabled(on)
+            return unet_output(system.unet, noisy, t, text).float()
 
     def losses(ctx, tgt, text, mask, clean: bool, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked squared error at each of ``timesteps`` with Theta on and off (the same noisy inputs; the noise
@@ -228,15 +208,15 @@ def measure_memory(
             noise = torch.randn(z0.shape, generator=g)
             noise = noise.to(z0.device, z0.dtype)
             t = torch.full((1,), t_val, dtype=torch.long, device=z0.device)
-            full = noisy = diffusion.add_noise(z0, noise, t)
+            noisy = diffusion.add_noise(z0, noise, t)
             if clean:  # the sampler's regime: the context frames stay clean
                 noisy = torch.cat([ctx, noisy[:, :, ctx.shape[2]:]], dim=2)
-            inputs.append((noisy, full, t, diffusion.target(z0, noise, t).float()))
+            inputs.append((noisy, t, diffusion.target(z0, noise, t).float()))
         out = []
         for on in (True, False):
             per_t = []
-            for noisy, full, t, target in inputs:
-                err = (predict(noisy, full, t, text, on, clean) - target) ** 2  # (1, C, F, h, w)
+            for noisy, t, target in inputs:
+                err = (predict(noisy, t, text, on) - target) ** 2  # (1, C, F, h, w)
                 per_t.append(float((err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1)))
             out.append(torch.tensor(per_t, dtype=torch.float64))
         learner.set_enabled(True)
@@ -295,20 +275,22 @@ def measure_memory(
     return out
 
 
-def memory_diagnostics(system: Any, episodes: list[dict], unseen: list[dict], lora: dict,
+def memory_diagnostics(system: Any, episodes: list[dict], unseen: list[dict], lora: Any,
                        timesteps: tuple[int, ...] = DIAGNOSTIC_TIMESTEPS, progress: bool = False) -> dict:
-    """Write a fresh Temp-LoRA (``lora``: :class:`slowfast_vgen.lora.TempLoRA` kwargs) on each episode's
+    """Write a fresh Temp-LoRA (``lora``: a :class:`slowfast_vgen.temp_lora.TempLoRASettings` or dict) on each episode's
     outward leg, measure it (:func:`measure_memory`, with ``unseen[i]`` for damage), remove it; returns the
     per-episode numbers and their means and standard deviations."""
     from tqdm.auto import tqdm
 
-    from slowfast_vgen.lora import TempLoRA
+    from dataclasses import asdict
+
+    from slowfast_vgen.temp_lora import TempLoRA, TempLoRASettings
 
     if len(unseen) != len(episodes):
         raise UserInputError(f"memory_diagnostics: {len(episodes)} episodes but {len(unseen)} unseen episodes")
     per_episode = []
     for ep, other in tqdm(list(zip(episodes, unseen)), desc="memory", disable=not progress):
-        learner = TempLoRA(system.unet, system.diffusion, **lora)
+        learner = TempLoRA(system.unet, system.diffusion, lora)
         try:
             records = write_memory(learner, system, ep)
             scores = measure_memory(learner, system, ep, other, timesteps, seed=int(ep.get("seed", 0)))
@@ -331,7 +313,8 @@ def memory_diagnostics(system: Any, episodes: list[dict], unseen: list[dict], lo
         if vals:
             by_t[int(t)] = sum(vals) / len(vals)
     summary["read_by_timestep"] = by_t
-    return {"summary": summary, "episodes": per_episode, "timesteps": list(timesteps), "lora": lora}
+    return {"summary": summary, "episodes": per_episode, "timesteps": list(timesteps),
+            "lora": asdict(TempLoRASettings.build(lora))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from slowfast_vgen.machine import machine
     from slowfast_vgen.simulators.world import REVERSE, revisit_episode
+    from slowfast_vgen.temp_lora import add_options, settings_from_args
     from slowfast_vgen.experiment import DEFAULT_CONFIG, DEFAULT_WEIGHTS
     from slowfast_vgen.io import atomic_path
     from slowfast_vgen.experiment import load_system
@@ -356,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DIAGNOSTIC_TIMESTEPS),
                         help="the fixed diffusion timesteps the losses are measured at (each also reported alone, "
                         "as read_by_timestep)")
-    lora_options(parser, default_preset="memory")
+    add_options(parser)
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.chunks_out < 1:
         raise UserInputError(f"--episodes and --chunks-out must be >= 1, got {args.episodes}, {args.chunks_out}")
@@ -378,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = system.diffusion.num_train_timesteps
     if any(not 0 <= t < steps for t in args.timesteps):
         raise UserInputError(f"--timesteps {args.timesteps}: each must be in [0, {steps}) (the model's training timesteps)")
-    result = memory_diagnostics(system, episodes, unseen, lora_kwargs(args, REVERSE), tuple(args.timesteps),
+    result = memory_diagnostics(system, episodes, unseen, settings_from_args(args, REVERSE), tuple(args.timesteps),
                                 progress=True)
     result.update(bench="memory", config=args.config, weights=weights, first_seed=args.seed,
                   seconds=round(time.perf_counter() - start, 1), machine=machine())

@@ -74,7 +74,7 @@ def fvd(real_metric, generated: list[torch.Tensor]) -> float:
 
 def run_task(entry: dict[str, Any], settings: dict[str, Any], progress: bool = True) -> tuple[list[dict], dict]:
     """The three rows of Table 2 for one task, and the task's protocol."""
-    from slowfast_vgen.lora import TempLoRA
+    from slowfast_vgen.temp_lora import TempLoRA
     from slowfast_vgen.planning.executor import PlanExecutor
     from slowfast_vgen.planning.tasks import make_task
     from slowfast_vgen.experiment import load_system

@@ -36,11 +36,12 @@ class EpisodeResult:
     recognition: list[float | None] | None = None  # ``read_gate``: each chunk's recognition ratio (None: inf / not gated)
 
 
-def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: dict | None, progress: bool = True) -> list[dict]:
-    """``trainer.predict`` over an episode dataset; ``temp_lora``: TempLoRA callback kwargs, or None."""
+def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: Any, progress: bool = True) -> list[dict]:
+    """``trainer.predict`` over an episode dataset; ``temp_lora``: the TempLoRA callback's settings (a
+    :class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict), or None: without Temp-LoRA."""
     from slowfast_vgen.datamodules.world import collate_episode
 
-    callbacks = [TempLoRA(**temp_lora)] if temp_lora is not None else []
+    callbacks = [TempLoRA(temp_lora)] if temp_lora is not None else []
     trainer = L.Trainer(
         accelerator="auto", devices=1, logger=False, callbacks=callbacks, enable_progress_bar=progress,
         enable_model_summary=False, inference_mode=False,

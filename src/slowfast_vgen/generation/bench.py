@@ -1,8 +1,9 @@
 """``sfvgen bench temp-lora``: cost of fast learning (paper Table 3) and memory flatness over long videos.
 
 Each mode (without / with Temp-LoRA) runs in a fresh subprocess so that peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``, on CPU the process's peak resident set size. Settings follow the
-paper: DPM-Solver 20 steps, three-way guidance, LoRA rank 32, one update per chunk.
+``torch.cuda.max_memory_allocated``, on CPU the process's peak resident set size. Sampling follows the paper
+(DPM-Solver 20 steps, three-way guidance); Temp-LoRA takes the options of every command (``--temp-lora PRESET`` and
+overrides; ``--temp-lora paper`` is Table 3's setting: rank 32, one update per chunk).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from slowfast_vgen.machine import machine
@@ -64,23 +67,21 @@ def peak_mb(device: torch.device) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset: str, repeats: int, steps: int,
-                   options: dict | None = None, update_only: bool = False, warmup: int = 1) -> dict:
+def run_components(preset: str, device: str, dtype: str, settings: Any, repeats: int, steps: int,
+                   update_only: bool = False, warmup: int = 1) -> dict:
     """Each phase of one Temp-LoRA chunk, timed (median of ``repeats``) and its peak memory, in this process:
     a guided sampling step (three-way guidance: one UNet call at batch 3 on the context + new frames) without
     LoRA, with the LoRA unmerged and with Theta merged; merging and unmerging; the update (the preset's steps on
     the context + new frames, Alg. 1a l.11-14). The per-chunk ratio at ``steps`` sampling steps is computed from
-    the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``. ``options``: TempLoRA settings
-    over the preset (e.g. ``update_frames``, ``target_modules``, ``checkpointing``: the cheaper updates);
-    ``update_only``: time the update alone (to compare such options without re-timing sampling); ``warmup``:
+    the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``. ``settings``: the Temp-LoRA
+    settings (:class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict; e.g. ``update_frames``, ``target_modules``,
+    ``checkpointing``: the cheaper updates); ``update_only``: time the update alone (to compare such options without re-timing sampling); ``warmup``:
     untimed sampling steps before the first sampling phase (none with ``update_only``)."""
     import statistics
 
-    from slowfast_vgen.simulators.world import REVERSE
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
-    from slowfast_vgen.lora import TEMP_LORA_PRESETS
-    from slowfast_vgen.lora import TempLoRA
     from slowfast_vgen.models import HashTextEncoder, build_unet3d, unet_output
+    from slowfast_vgen.temp_lora import TempLoRA
 
     cfg = PRESETS[preset]
     dev, dt = torch.device(device), DTYPES[dtype]
@@ -133,10 +134,8 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
         print(f"bench: warm-up step {i + 1}/{warmup}: {time.perf_counter() - start:.3f} s (not counted)",
               file=sys.stderr, flush=True)
     phases = {} if update_only else {"sample_step_without_lora": timed(sample_step, "sample_step_without_lora")}
-    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE, **(options or {})}
-    learner = TempLoRA(unet, diffusion, **settings)
-    described = {"update_steps": settings["steps_per_chunk"], "update_draws": settings.get("draws", 1),
-                 "options": dict(options or {})}
+    learner = TempLoRA(unet, diffusion, settings)
+    described = {"update_steps": learner.settings.steps_per_chunk, "update_draws": learner.settings.draws}
 
     def update():
         learner.update(context, new, null, text, back)
@@ -179,25 +178,22 @@ def run_components(preset: str, device: str, dtype: str, rank: int, lora_preset:
     }
 
 
-def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank: int, device: str, merge: bool = False,
-             dtype: str = "float32", lora_preset: str = "paper", options: dict | None = None) -> dict:
-    """One mode in this process; ``preset``: a name in PRESETS or such a dict; ``lora_preset``: Temp-LoRA
-    settings by name (:data:`slowfast_vgen.lora.TEMP_LORA_PRESETS`); ``options``: TempLoRA settings over it (the
-    cheaper updates, as in :func:`run_components`)."""
-    from slowfast_vgen.simulators.world import REVERSE, World
-    from slowfast_vgen.lora import TEMP_LORA_PRESETS
+def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, device: str, merge: bool = False,
+             dtype: str = "float32", settings: Any = None) -> dict:
+    """One mode in this process; ``preset``: a name in PRESETS or such a dict; ``settings``: the Temp-LoRA settings
+    (:class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict, e.g. ``{"preset": "paper"}``)."""
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
     from slowfast_vgen.generation import LongVideoGenerator
-    from slowfast_vgen.lora import TempLoRA
     from slowfast_vgen.models import HashTextEncoder, PixelShuffleAutoencoder, build_unet3d
+    from slowfast_vgen.simulators.world import World
+    from slowfast_vgen.temp_lora import TempLoRA
 
     cfg = PRESETS[preset] if isinstance(preset, str) else preset
     torch.manual_seed(0)
     dev = torch.device(device)
     unet = build_unet3d(cfg["unet"]).eval().to(dev, DTYPES[dtype])
     diffusion = MaskedDiffusion()
-    settings = {**TEMP_LORA_PRESETS[lora_preset], "rank": rank, "reverse_actions": REVERSE, **(options or {})}
-    learner = TempLoRA(unet, diffusion, **settings) if temp_lora else None
+    learner = TempLoRA(unet, diffusion, settings) if temp_lora else None
     encoder = HashTextEncoder(cfg["embed"], max_tokens=cfg.get("tokens", 8)).to(dev)
     gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), encoder,
                              ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps),
@@ -228,24 +224,22 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, rank:
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds_per_chunk": sum(steady) / len(steady), "peak_memory_mb": round(peak, 2),
             "memory_mb_at_chunk": memory, "chunks": chunks,
-            "temp_lora": None if learner is None else {"update_frames": learner.update_frames,
-                                                        "checkpointing": learner.checkpointing,
+            "temp_lora": None if learner is None else {"update_frames": learner.settings.update_frames,
+                                                        "checkpointing": learner.settings.checkpointing,
                                                         "lora_layers": len(learner.lora_layers())}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slowfast_vgen.lora import TEMP_LORA_PRESETS
+    from slowfast_vgen.simulators.world import REVERSE
+    from slowfast_vgen.temp_lora import TempLoRASettings, add_options, settings_from_args
 
     p = ArgumentParser(prog="sfvgen bench temp-lora")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--rank", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--merge", action="store_true", help="sample with Theta merged into the weights")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="UNet weights (default: float16 on CUDA, else float32)")
-    p.add_argument("--temp-lora", default="paper", choices=sorted(TEMP_LORA_PRESETS),
-                   help="Temp-LoRA settings (paper: one Eq. 3 step per chunk; memory: docs/memory.md)")
     p.add_argument("--components", action="store_true",
                    help="time each phase of a chunk (sampling step without / with LoRA, merge, update) and its peak "
                         "memory in one process, and compute the per-chunk ratio at --steps from the parts")
@@ -256,22 +250,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --components: also run --chunks whole chunks at --steps in each mode (subprocesses) "
                         "and compare the measured ratio with the one composed from the parts at those steps")
     p.add_argument("--update-only", action="store_true", help="--components: time the update alone")
-    p.add_argument("--update-frames", type=int, default=None, help="train on the last N frames of input + output")
-    p.add_argument("--targets", default=None, help="LoRA targets: names or a regex (e.g. the decoder only)")
-    p.add_argument("--checkpointing", action="store_true", help="recompute activations in the update's backward")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
+    p.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)  # the parent's settings, for its children
+    add_options(p)
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    # the bench's chunks walk the built-in world, whose actions declare their reverses
+    settings = (TempLoRASettings.build(json.loads(args.settings_json)) if args.settings_json
+                else settings_from_args(args, REVERSE))
     if args.components:
-        return components_main(args)
+        return components_main(args, settings)
     if args.child:
-        print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.rank, args.device,
-                                  args.merge, args.dtype, args.temp_lora, _options(args))))
+        print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.device,
+                                  args.merge, args.dtype, settings)))
         return 0
-    results = both_modes(args)
+    results = both_modes(args, settings)
     w, wo = results["with"], results["without"]
     print(json.dumps({
-        "bench": "temp-lora", "preset": args.preset, "device": args.device, "settings": _settings(args),
+        "bench": "temp-lora", "preset": args.preset, "device": args.device, "settings": _settings(args, settings),
         "without_temp_lora": wo, "with_temp_lora": w,
         "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),
         "memory_ratio": round(w["peak_memory_mb"] / wo["peak_memory_mb"], 4),
@@ -283,41 +279,21 @@ def main(argv: list[str] | None = None) -> int:
 PAPER_TABLE3 = {"time_ratio": round(13.8066 / 12.9305, 4), "memory_ratio": round(9931 / 9579, 4)}
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    from slowfast_vgen.lora import TEMP_LORA_PRESETS
-
-    return {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)",
-            "rank": args.rank, "temp_lora": args.temp_lora,
-            "updates_per_chunk": TEMP_LORA_PRESETS[args.temp_lora]["steps_per_chunk"],
-            "draws": TEMP_LORA_PRESETS[args.temp_lora].get("draws", 1), "dtype": args.dtype,
-            "merge_for_sampling": args.merge,
+def _settings(args: argparse.Namespace, settings: Any) -> dict:
+    return {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)", "dtype": args.dtype,
+            "merge_for_sampling": args.merge, "temp_lora": args.temp_lora, "temp_lora_settings": asdict(settings),
             "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]}
 
 
-def _options(args: argparse.Namespace) -> dict:
-    """The cheaper-update flags as TempLoRA settings (only those given)."""
-    from slowfast_vgen.lora import parse_targets
-
-    return {k: v for k, v in dict(update_frames=args.update_frames, target_modules=parse_targets(args.targets),
-                                  checkpointing=args.checkpointing or None).items() if v is not None}
-
-
-def _option_flags(args: argparse.Namespace) -> list[str]:
-    return [*(["--update-frames", str(args.update_frames)] if args.update_frames is not None else []),
-            *(["--targets", args.targets] if args.targets else []),
-            *(["--checkpointing"] if args.checkpointing else [])]
-
-
-def components_main(args: argparse.Namespace) -> int:
-    options = _options(args)
-    parts = run_components(args.preset, args.device, args.dtype, args.rank, args.temp_lora, args.repeats, args.steps,
-                           options, args.update_only, args.warmup)
+def components_main(args: argparse.Namespace, settings: Any) -> int:
+    parts = run_components(args.preset, args.device, args.dtype, settings, args.repeats, args.steps,
+                           args.update_only, args.warmup)
     out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
-           "settings": {**_settings(args), "repeats": args.repeats, "warmup": args.warmup}, **parts,
+           "settings": {**_settings(args, settings), "repeats": args.repeats, "warmup": args.warmup}, **parts,
            "paper_table3": PAPER_TABLE3}
     if args.end_to_end and not args.update_only:
         peak_reset(torch.device(args.device))  # this process's UNet is gone: hand its memory back before the children
-        results = both_modes(args)
+        results = both_modes(args, settings)
         ph, n = parts["phases"], args.steps
         composed = (n * ph["sample_step_merged" if args.merge else "sample_step_lora_unmerged"]["seconds"]
                     + ph["update"]["seconds"] + (ph["merge_unmerge"]["seconds"] if args.merge else 0.0))
@@ -332,14 +308,14 @@ def components_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def both_modes(args: argparse.Namespace) -> dict[str, dict]:
+def both_modes(args: argparse.Namespace, settings: Any) -> dict[str, dict]:
     """Each mode (without / with Temp-LoRA) in a fresh subprocess, so that each peak is its own."""
     results = {}
     for mode in ("without", "with"):
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
                "--preset", args.preset, "--chunks", str(args.chunks), "--steps", str(args.steps),
-               "--rank", str(args.rank), "--device", args.device, "--dtype", args.dtype, "--temp-lora", args.temp_lora,
-               *(["--merge"] if args.merge else []), *_option_flags(args)]
+               "--device", args.device, "--dtype", args.dtype, "--settings-json", json.dumps(asdict(settings)),
+               *(["--merge"] if args.merge else [])]
         print(f"bench: {mode} Temp-LoRA, {args.chunks} chunks (a child process) ...", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])

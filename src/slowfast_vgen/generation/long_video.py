@@ -19,11 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from slowfast_vgen.diffusion.sampling import ChunkSampler, MemoryGuidance, ThetaGate
+from slowfast_vgen.diffusion.sampling import ChunkSampler
 from slowfast_vgen.errors import UserInputError
-from slowfast_vgen.lora import TempLoRA, UpdateRecord
+from slowfast_vgen.temp_lora import TempLoRA, UpdateRecord
 from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video, unet_output
-from slowfast_vgen.seeds import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,7 @@ class Chunk:
     latents: torch.Tensor
     video: torch.Tensor | None
     update: UpdateRecord | None
+    sampler_state: torch.Tensor | None = None  # the sampling noise generator's state after this chunk
 
 
 def chunk_action(item: str | tuple[str, int] | list, chunk_frames: int) -> tuple[str, int]:
@@ -100,12 +100,14 @@ class LongVideoGenerator:
         decode: bool = True,
         progress: bool = False,
         context_latents: torch.Tensor | None = None,
+        sampler_state: torch.Tensor | None = None,
     ) -> Iterator[Chunk]:
         """Yield chunks for ``actions`` after ``first`` (B, T0, C, H, W) pixels in [0, 1].
 
         An action is a text (a chunk of ``chunk_frames`` frames) or ``(text, n_frames)``: recorded episodes
         change action at any frame, and their chunks end where the action does (the model is trained on mixed
-        clip lengths, Sec. 3.1). ``context_latents`` (B, C, f, h, w) continues a stopped world instead of encoding ``first``.
+        clip lengths, Sec. 3.1). ``context_latents`` (B, C, f, h, w) continues a stopped world instead of encoding ``first``,
+        and ``sampler_state`` (a chunk's ``sampler_state``) continues its noise where it stopped.
         """
         if context_latents is None:
             check_video(first, "first frames")
@@ -118,27 +120,20 @@ class LongVideoGenerator:
         generator = torch.Generator(device=device).manual_seed(seed)
         context = context_latents[:, :, -self.context_frames :]
         sharded = self.temp_lora is not None and self.temp_lora.sharded
-        guided = self.temp_lora is not None and self.temp_lora.settings.memory_guidance > 0
-        read_range = None if self.temp_lora is None else self.temp_lora.settings.read_timestep_range
-        gate = None if read_range is None else ThetaGate(self.temp_lora.set_enabled, *read_range)
         if sharded and self.merge_for_sampling:
             log.warning("merge_for_sampling is off: the UNet is sharded by FSDP, Theta is applied unmerged")
+        if sampler_state is not None:  # a continued world draws what the uninterrupted one would have
+            generator.set_state(sampler_state)
         for i, item in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
-            read, recognition = self.temp_lora is not None, math.nan
-            if read and self.temp_lora.settings.read_gate > 0:  # read Theta only where the memory knows the start
-                recognition = self.temp_lora.recognition(context, text)
-                read = recognition < self.temp_lora.settings.read_gate
+            read, recognition = False, math.nan
+            if self.temp_lora is not None:  # the read policy: Phi + Theta (l.8), or Phi alone where it withholds Theta
+                read, recognition = self.temp_lora.reads(context, text)
                 self.temp_lora.set_enabled(read)
-            merge = read and self.merge_for_sampling and not sharded and not guided and gate is None
-            memory = None
-            if read and guided:  # Theta read by memory guidance (ChunkSampler); its context noise drawn apart from z_T
-                memory_noise = torch.Generator(device=device).manual_seed(stable_seed(seed, "memory guidance", i))
-                memory = MemoryGuidance(self.temp_lora.set_enabled, self.temp_lora.settings.memory_guidance, memory_noise)
+            merge = read and self.merge_for_sampling and not sharded
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
-                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator, memory=memory,
-                                        gate=gate if read else None)  # l.8
+                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
             update = None
             if self.temp_lora is not None:  # Alg. 1a l.11-14
@@ -147,7 +142,8 @@ class LongVideoGenerator:
                 back_text = None if back is None else self.text_encoder([back] * b).to(device)
                 update = self.temp_lora.update(context, new, null, text, back_text)
                 update.read, update.recognition = read, recognition
-            chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update)
+            chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update,
+                          generator.get_state())
             for hook in self.on_chunk_end:
                 hook(chunk)
             yield chunk

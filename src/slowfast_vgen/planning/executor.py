@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.generation import LongVideoGenerator
-from slowfast_vgen.lora import UpdateRecord
+from slowfast_vgen.temp_lora import UpdateRecord
 from slowfast_vgen.planning.idm import InverseDynamicsModel
 from slowfast_vgen.planning.tasks import PlanningTask, ScriptedSubgoals, SubgoalSource
 

@@ -3,7 +3,7 @@
 Both ways train Phi on the same ``records`` records, each with its own frozen Theta_i:
 
 * ``per_sample``: one batch of all records, each sample through its own LoRA
-  (:meth:`slowfast_vgen.lora.TempLoRA.per_sample`), one forward + backward;
+  (:meth:`slowfast_vgen.temp_lora.TempLoRA.per_sample`), one forward + backward;
 * ``grouped``: one record per forward + backward with its Theta_i loaded into the LoRA (gradients
   accumulated, as ``Trainer(accumulate_grad_batches=records)`` does with ``records_per_batch: 1``).
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     unet = build_unet3d(unet_preset)
     system = SlowFastLoopSystem(unet, PixelShuffleAutoencoder(), HashTextEncoder(embed_dim=unet.config.cross_attention_dim),
-                                lr=1e-5, lora_rank=args.rank, temporal_dropout=0.0).to(device)
+                                lr=1e-5, temp_lora={"preset": "paper", "rank": args.rank}, temporal_dropout=0.0).to(device)
     channels = unet.config.in_channels
     records = [{"x": torch.randn(channels, frames, size, size), "y": torch.randn(channels, frames, size, size),
                 "action": "go left", "seed": i,

@@ -37,8 +37,6 @@ class SlowLearningSystem(L.LightningModule):
         gradient_checkpointing: trade compute for memory in the UNet.
         sampler, num_inference_steps, guidance_image, guidance_text: inference (DPM-Solver, 20, 2, 5).
         thresholding: clip predicted clean samples to [-1, 1] while sampling (pixel-space models).
-        noised_context_steps: the first N sampling steps see the context noised to their level (Temp-LoRA's
-            regime, ``ChunkSampler``); 0 (the paper) keeps it clean.
         seed: mixed into every sample's noise seed and into the per-step dropout seed.
         temporal_dropout: if set, overrides the dropout of the UNet's temporal convolutions (diffusers
             hard-codes ModelScope's 0.1).
@@ -62,7 +60,6 @@ class SlowLearningSystem(L.LightningModule):
         guidance_image: float = 2.0,
         guidance_text: float = 5.0,
         thresholding: bool = False,
-        noised_context_steps: int = 0,
         seed: int = 0,
         temporal_dropout: float | None = None,
         chunk_frames: int = 8,
@@ -77,7 +74,7 @@ class SlowLearningSystem(L.LightningModule):
         self.diffusion = diffusion or MaskedDiffusion()
         self.sampler = ChunkSampler(
             self.diffusion.scheduler_config(), sampler, num_inference_steps, guidance_image, guidance_text,
-            thresholding=thresholding, noised_context_steps=noised_context_steps,
+            thresholding=thresholding,
         )
         if init_weights:
             load_unet_weights(self.unet, init_weights, self.diffusion.prediction_type)

@@ -12,7 +12,7 @@ Every epoch ("while not converged", l.1):
 
 A batch holds ``records_per_batch`` records. With one record per batch ("grouped by Theta"), Theta_i is
 loaded into the LoRA before the step; with several, each sample uses its own frozen Theta_i through the
-functional per-sample LoRA of :meth:`slowfast_vgen.lora.TempLoRA.per_sample` (``sfvgen bench slow-fast``
+functional per-sample LoRA of :meth:`slowfast_vgen.temp_lora.TempLoRA.per_sample` (``sfvgen bench slow-fast``
 measures both). Under DDP, each rank runs the inner loop on its share of the episodes.
 """
 
@@ -30,31 +30,27 @@ from slowfast_vgen.datamodules.common import check_episode
 from slowfast_vgen.datamodules.slowfast_data import SlowDataset
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.io import atomic_path
-from slowfast_vgen.lora import ADAPTER, DEFAULT_TARGETS, TempLoRA, TempLoRASettings
+from slowfast_vgen.temp_lora import ADAPTER, TempLoRA, TempLoRASettings
 from slowfast_vgen.systems.slow import SlowLearningSystem
 
 
 class SlowFastLoopSystem(SlowLearningSystem):
     """Algorithm 1b on top of :class:`SlowLearningSystem` (same networks, diffusion and arguments).
 
-    Extra args: ``memory_dir`` (D_s files), ``lora_rank``, ``lora_lr``, ``lora_steps_per_chunk``,
-    ``lora_targets`` (the fast learner, as :class:`slowfast_vgen.lora.TempLoRA`); ``lora_options``: any other
-    :class:`~slowfast_vgen.lora.TempLoRA` arguments (e.g. the ``memory`` preset's ``draws``, ``reverse``,
-    ``clean_context``, ``text_condition``, ``reverse_actions``), so that Phi learns to read the memory that the
-    learner used at inference writes; ``records_repeat``: passes over D_s per epoch (the inner loop costs far
-    more than an outer step, so each D_s can serve several).
+    Extra args: ``memory_dir`` (D_s files); ``temp_lora``: the inner loop's fast learner, a
+    :class:`slowfast_vgen.temp_lora.TempLoRASettings` as a dict that may start from a ``preset`` (``{preset: paper}``,
+    ``{preset: episodic, steps_per_chunk: 10}``), so that Phi learns to read the memory that the learner used at
+    inference writes; ``records_per_batch``: records with different Theta_i per outer batch (per-sample LoRA);
+    ``records_repeat``: passes over D_s per epoch (the inner loop costs far more than an outer step, so each D_s
+    can serve several).
     """
 
     def __init__(
         self,
         *args: Any,
         memory_dir: str = "runs/slowfast/memory",
-        lora_rank: int = 32,
-        lora_lr: float = 1e-4,
-        lora_steps_per_chunk: int = 1,
-        lora_targets: list[str] = list(DEFAULT_TARGETS),
+        temp_lora: dict[str, Any] | None = None,
         records_per_batch: int = 1,
-        lora_options: dict[str, Any] | None = None,
         records_repeat: int = 1,
         **kwargs: Any,
     ) -> None:
@@ -62,15 +58,8 @@ class SlowFastLoopSystem(SlowLearningSystem):
         if records_per_batch < 1 or records_repeat < 1:
             raise UserInputError(f"records_per_batch and records_repeat must be >= 1, got {records_per_batch}, "
                                  f"{records_repeat}")
-        options = dict(lora_options or {})
-        clash = sorted(set(options) & {"rank", "lr", "steps_per_chunk", "target_modules", "unet", "diffusion"})
-        if clash:
-            raise UserInputError(f"lora_options {clash}: set them with lora_rank / lora_lr / lora_steps_per_chunk / "
-                                 "lora_targets instead")
         self.memory_dir = Path(memory_dir)
-        settings = TempLoRASettings.build(options, rank=lora_rank, lr=lora_lr, steps_per_chunk=lora_steps_per_chunk,
-                                          target_modules=lora_targets)
-        self.learner = TempLoRA(self.unet, self.diffusion, settings)
+        self.learner = TempLoRA(self.unet, self.diffusion, TempLoRASettings.build(temp_lora or {"preset": "paper"}))
         self.theta_names = [n for n, _ in self.unet.named_parameters() if ".lora_" in n and ADAPTER in n]
         self._set_theta_trainable(False)
 
