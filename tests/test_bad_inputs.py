@@ -13,6 +13,7 @@ import torch
 from testutils import REPO, sfvgen_in_one_process
 
 TINY = str(REPO / "experiments" / "slow_tiny.yaml")
+EVAL4 = str(REPO / "experiments" / "eval" / "table4_world.yaml")
 
 
 class Payload:
@@ -60,6 +61,14 @@ CASES = {  # id -> (argv, text the error line must contain)
     "demo --guidance 0 5": (["demo", "--guidance", "0", "5"], "--guidance 0 5"),
     "evaluate pool missing file": (["evaluate", "pool", "nowhere.json"], "nowhere.json"),
     "evaluate missing config": (["evaluate", "-c", "nowhere.yaml"], "nowhere.yaml"),
+    "evaluate settings.lr=-1": (["evaluate", "-c", EVAL4, "settings.lr=-1"], "settings.lr = -1.0; expected a number >= 0"),
+    "evaluate pose_tolerance=-2": (["evaluate", "-c", str(REPO / "experiments" / "eval" / "table1_doom.yaml"),
+                                   "benchmark.pose_tolerance=-2"], "benchmark.pose_tolerance = -2"),
+    "evaluate episodes=0": (["evaluate", "-c", EVAL4, "benchmark.episodes=0"], "an integer >= 1"),
+    "evaluate ranks with 0": (["evaluate", "-c", str(REPO / "experiments" / "eval" / "table6_8_world.yaml"),
+                              "settings.ranks=[16,0]"], "settings.ranks = [16, 0]"),
+    "evaluate idm_lr=-1": (["evaluate", "-c", str(REPO / "experiments" / "eval" / "table2_world.yaml"),
+                           "benchmark.tasks.0.idm_lr=-1"], "benchmark.tasks.0.idm_lr = -1"),
     "bench unknown": (["bench", "nothing"], "nothing"),
 }
 

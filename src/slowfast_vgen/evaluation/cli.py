@@ -150,7 +150,38 @@ def load_eval_config(path: str, overrides: list[str]) -> dict[str, Any]:
                 entry[key] = repo_path(entry[key])
     if cfg["table"] not in TABLES:
         raise UserInputError(f'evaluation config key "table": {cfg["table"]!r}; expected one of {list(TABLES)}')
+    check_numbers(cfg, path)
     return cfg
+
+
+# Every numeric setting of an evaluation config, with the smallest value it takes (and whether it is an integer).
+NUMBERS = {
+    "benchmark.episodes": (1, int), "benchmark.chunks_out": (1, int), "benchmark.pose_tolerance": (0, float),
+    "benchmark.resolution": (1, int), "settings.steps": (1, int), "settings.rank": (1, int),
+    "settings.lr": (0, float), "settings.lrs": (0, float), "settings.ranks": (1, int), "settings.sweep": (1, int),
+    "task.episodes": (1, int), "task.idm_episodes": (1, int), "task.idm_steps": (1, int), "task.idm_lr": (0, float),
+}
+
+
+def check_numbers(cfg: dict[str, Any], path: str) -> None:
+    """A number out of range (a negative learning rate, zero episodes, ...) is a one-line error naming the key, the
+    value and what it must be, before any model is loaded."""
+    def check(key: str, value: Any, rule: tuple[float, type]) -> None:
+        low, kind = rule
+        for v in value if isinstance(value, list) else [value]:
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not number or (kind is int and v != int(v)) or not v >= low:
+                what = "an integer" if kind is int else "a number"
+                raise UserInputError(f"evaluation config {path!r}: {key} = {value!r}; expected {what} >= {low}")
+
+    for section in ("benchmark", "settings"):
+        for name, value in (cfg.get(section) or {}).items():
+            if f"{section}.{name}" in NUMBERS:
+                check(f"{section}.{name}", value, NUMBERS[f"{section}.{name}"])
+    for i, task in enumerate((cfg.get("benchmark") or {}).get("tasks") or []):
+        for name, value in (task.items() if isinstance(task, dict) else ()):
+            if f"task.{name}" in NUMBERS:
+                check(f"benchmark.tasks.{i}.{name}", value, NUMBERS[f"task.{name}"])
 
 
 def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
