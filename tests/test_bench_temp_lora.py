@@ -89,3 +89,17 @@ def _parse(argv):
 
     with mock.patch.object(bench, "components_main", side_effect=lambda args, settings: settings):
         return bench.main(["--components", *argv])
+
+
+def test_the_bench_samples_at_the_presets_guidance_as_the_demo_does():
+    from unittest import mock
+
+    from slowfast_vgen.generation import bench
+
+    def guidance(argv):
+        with mock.patch.object(bench, "components_main", side_effect=lambda args, settings: tuple(args.guidance)):
+            return bench.main(["--components", "--preset", "tiny", *argv])
+
+    assert guidance(["--temp-lora", "paper"]) == (2.0, 5.0)  # Table 3's setting
+    assert guidance([]) == (1.0, 1.0)  # the rehearsal presets were measured unguided
+    assert guidance(["--guidance", "2", "5"]) == (2.0, 5.0)

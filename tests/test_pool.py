@@ -87,3 +87,27 @@ def test_plot_places_runs_against_the_memory_bar(tmp_path, capsys):
     (tmp_path / "nomem.json").write_text(json.dumps({"summary": {}}))
     with pytest.raises(UserInputError, match="no memory scores"):
         plot_runs({"x": tmp_path / "nomem.json"}, tmp_path / "x.png")
+
+
+def test_the_price_plot_places_runs_by_time_ratio_and_pooling_sums_the_arms_time(tmp_path, capsys):
+    from slowfast_vgen.evaluation.pool import plot_runs
+
+    run = json.loads(RUN.read_text())
+    run["memory"].update(gap_closed=0.45, damage_other_frames_db=0.2)
+    run["paired_difference_with_minus_without"]["Revisit PSNR"]["p"] = 0.01
+    a, b = split(tmp_path, run, 10)
+    for path, (without, with_memory) in zip((a, b), ((50.0, 120.0), (70.0, 240.0))):
+        part = json.loads(path.read_text())
+        part["settings"]["generation_seconds"] = {"without": without, "with": with_memory,
+                                                  "ratio": round(with_memory / without, 2)}
+        path.write_text(json.dumps(part))
+    pooled = pool_runs([a, b])  # the arms' time differs per run: summed, not refused
+    assert pooled["settings"]["generation_seconds"] == {"without": 120.0, "with": 360.0, "ratio": 3.0}
+    rows = plot_runs({"a": a, "b": b}, tmp_path / "price.png", against="time")
+    assert [r["time_ratio"] for r in rows] == [2.4, 3.43]
+    assert [r["clears_price_bar"] for r in rows] == [True, False]  # 3.43x is over the 3x price
+    assert (tmp_path / "price.png").stat().st_size > 5000
+    assert evaluate_main(["plot", f"a={a}", "--against", "time", "--out", str(tmp_path / "cli.png")]) == 0
+    assert "time 2.4x  clears the bar" in capsys.readouterr().out
+    with pytest.raises(UserInputError, match="record no generation_seconds"):
+        plot_runs({"old": RUN}, tmp_path / "x.png", against="time")

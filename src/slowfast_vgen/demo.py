@@ -125,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         episodes = WorldRevisitDataset(args.episodes, seed=args.seed, chunk_frames=chunk, chunks_out=args.chunks_out,
                                        min_gap=chunk + system.generator.context_frames, **world)
     print(f"generating {args.episodes} revisit episodes without Temp-LoRA ...")
+    arm_start = time.perf_counter()
     plain = generate_episodes(system, episodes, None)
+    seconds_without = time.perf_counter() - arm_start
     print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora.rank}, lr {lora.lr}, "
           f"steps per chunk: {lora.steps_per_chunk}) ...")
+    arm_start = time.perf_counter()
     fast = generate_episodes(system, episodes, lora)
+    seconds_with = time.perf_counter() - arm_start
     print("scoring ...")
     src = SceneRevisitConsistency(backbone="auto")
     how = dict(chunk_frames=chunk, context_frames=system.generator.context_frames)
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
         "temp_lora": {"preset": args.temp_lora, **asdict(lora)}, "world": world,
         "src_protocol": src.protocol(), "seconds": None,
+        # the arms' generation time, same process and machine: what the memory costs (docs/benchmarks.md)
+        "generation_seconds": {"without": round(seconds_without, 1), "with": round(seconds_with, 1),
+                               "ratio": round(seconds_with / seconds_without, 2)},
     }
     settings["seconds"] = round(time.perf_counter() - start, 1)
     page = write_report(args.out, without, with_lora, settings)
@@ -155,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory: gap closed {100 * memory['gap_closed']:.1f} % (Revisit PSNR {memory['revisit_psnr_gain_db']:+.2f} dB, "
           f"paired p = {memory['revisit_psnr_p']:.3g}, n = {results['n_episodes']}); damage to other frames "
           f"{memory['damage_other_frames_db']:+.2f} dB")
+    print(f"generation: {seconds_without:.0f} s without memory, {seconds_with:.0f} s with "
+          f"({seconds_with / seconds_without:.1f}x)")
     print(f"report: {page.resolve()}")
     print(f"videos: {(args.out / 'videos').resolve()} (mp4 + GIF)")
     print(f"done in {settings['seconds']} s")

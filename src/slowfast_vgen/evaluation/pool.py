@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
-from slowfast_vgen.evaluation.report import MAX_DAMAGE_DB, MAX_P, MIN_GAP_CLOSED, clears_memory_bar, revisit_statistics
+from slowfast_vgen.evaluation.report import (
+    MAX_DAMAGE_DB, MAX_P, MAX_TIME_RATIO, MIN_GAP_CLOSED, MIN_GAP_CLOSED_AT_PRICE, clears_memory_bar, revisit_statistics)
 from slowfast_vgen.evaluation.revisit import EpisodeResult
 from slowfast_vgen.io import atomic_path
 
 # settings that say which episodes a run covered, or how long it took: allowed to differ between pooled runs
-PER_RUN_SETTINGS = frozenset({"episodes", "first_seed", "first_episode", "seconds"})
+PER_RUN_SETTINGS = frozenset({"episodes", "first_seed", "first_episode", "seconds", "generation_seconds"})
 
 
 def _read_json(path: Path, expected: str) -> Any:
@@ -97,6 +98,10 @@ def pool_runs(paths: list[str | Path], ignore: list[str] | tuple[str, ...] = ())
                                            rollbacks=ep.get("rollbacks_with", 0)))
     if not without:
         raise UserInputError(f"pool: no episodes in {[str(p) for p in paths]}")
+    timed = [run["settings"].get("generation_seconds") for run in runs]
+    if all(timed):  # the arms' time summed over the runs (each run's arms on one machine)
+        seconds = {arm: round(sum(t[arm] for t in timed), 1) for arm in ("without", "with")}
+        common["generation_seconds"] = {**seconds, "ratio": round(seconds["with"] / seconds["without"], 2)}
     return {
         **revisit_statistics(without, with_lora),
         "n_episodes": len(without), "episodes": sorted(seen), "files": [str(p) for p in paths],
@@ -139,16 +144,22 @@ def run_memory(path: str | Path) -> dict[str, Any]:
                              "and `sfvgen evaluate pool` write)")
     diff = run["paired_difference_with_minus_without"]["Revisit PSNR"]
     gap, damage, p = memory["gap_closed"], memory["damage_other_frames_db"], diff["p"]
+    timed = (run.get("settings") or {}).get("generation_seconds") or {}
+    ratio = timed.get("ratio", float("nan"))
     return {"gap_closed": gap, "damage_db": damage, "revisit_psnr_db": diff["mean"], "p": p, "n": diff["n"],
-            "n_episodes": run.get("n_episodes", diff["n"]),
-            "clears_bar": clears_memory_bar(gap, p, damage)}
+            "n_episodes": run.get("n_episodes", diff["n"]), "time_ratio": ratio,
+            "clears_bar": clears_memory_bar(gap, p, damage),
+            "clears_price_bar": clears_memory_bar(gap, p, damage) and gap >= MIN_GAP_CLOSED_AT_PRICE
+            and ratio <= MAX_TIME_RATIO}
 
 
-def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation") -> list[dict]:
+def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation",
+              against: str = "damage") -> list[dict]:
     """One point per run: gap closed (y) against damage to the other frames (x), filled where the paired p is below
     0.05, sized by the number of paired episodes with revisits, with the region that clears the memory bar (>= 25 %
-    of the gap, p < 0.05, damage <= 0.5 dB) shaded. ``runs``: label -> results.json or pooled JSON. Returns the rows
-    plotted."""
+    of the gap, p < 0.05, damage <= 0.5 dB) shaded. ``against="time"``: against the generation time with memory over
+    without (the demo's ``generation_seconds``), the price bar shaded (>= 40 % of the gap at <= 3x the time; p and
+    damage as above). ``runs``: label -> results.json or pooled JSON. Returns the rows plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,24 +167,37 @@ def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-
 
     if not runs:
         raise UserInputError("plot: give at least one LABEL=results.json")
+    if against not in ("damage", "time"):
+        raise UserInputError(f"plot: against {against!r}; expected 'damage' or 'time'")
     rows = [{"label": label, "file": str(file), **run_memory(file)} for label, file in runs.items()]
+    by_time = against == "time"
+    if by_time and any(r["time_ratio"] != r["time_ratio"] for r in rows):
+        raise UserInputError("plot --against time: " + ", ".join(r["file"] for r in rows if r["time_ratio"] !=
+                             r["time_ratio"]) + " record no generation_seconds (written by `sfvgen demo` since issue 36)")
+    x_of = (lambda r: r["time_ratio"]) if by_time else (lambda r: r["damage_db"])  # noqa: E731
+    x_bar, gap_bar, passes = ((MAX_TIME_RATIO, MIN_GAP_CLOSED_AT_PRICE, "clears_price_bar") if by_time else
+                              (MAX_DAMAGE_DB, MIN_GAP_CLOSED, "clears_bar"))
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    xs = [r["damage_db"] for r in rows] + [MAX_DAMAGE_DB]
-    ys = [100 * r["gap_closed"] for r in rows] + [MIN_GAP_CLOSED * 100]
-    x_hi, y_lo, y_hi = max(xs) + 0.3, min(min(ys) - 5, -5), max(ys) + 8
-    x_lo = min(min(xs) - 0.3, -0.3)
-    ax.fill_between([x_lo, MAX_DAMAGE_DB], MIN_GAP_CLOSED * 100, y_hi, color="tab:green",
-                    alpha=0.12, label=f"the bar: gap >= {MIN_GAP_CLOSED:.0%}, p < {MAX_P}, damage <= {MAX_DAMAGE_DB} dB")
+    xs = [x_of(r) for r in rows] + [x_bar]
+    ys = [100 * r["gap_closed"] for r in rows] + [gap_bar * 100]
+    y_lo, y_hi = min(min(ys) - 5, -5), max(ys) + 8
+    x_lo, x_hi = (0.5, max(xs) * 1.5) if by_time else (min(min(xs) - 0.3, -0.3), max(xs) + 0.3)
+    bar = (f"the bar: gap >= {gap_bar:.0%} at <= {x_bar:g}x the time, p < {MAX_P}, damage <= {MAX_DAMAGE_DB} dB"
+           if by_time else f"the bar: gap >= {gap_bar:.0%}, p < {MAX_P}, damage <= {MAX_DAMAGE_DB} dB")
+    ax.fill_between([x_lo, x_bar], gap_bar * 100, y_hi, color="tab:green", alpha=0.12, label=bar)
     ax.axhline(0, color="grey", lw=0.8)
     for r in rows:
-        colour = "tab:green" if r["clears_bar"] else "tab:blue"
-        ax.scatter(r["damage_db"], 100 * r["gap_closed"], s=12 * r["n"], zorder=3, edgecolors=colour,
+        colour = "tab:green" if r[passes] else "tab:blue"
+        ax.scatter(x_of(r), 100 * r["gap_closed"], s=12 * r["n"], zorder=3, edgecolors=colour,
                    facecolors=colour if r["p"] < MAX_P else "none", linewidths=1.5)
-        ax.annotate(f"{r['label']} (n={r['n']}, p={r['p']:.2g})", (r["damage_db"], 100 * r["gap_closed"]),
+        ax.annotate(f"{r['label']} (n={r['n']}, p={r['p']:.2g})", (x_of(r), 100 * r["gap_closed"]),
                     textcoords="offset points", xytext=(7, 4), fontsize=7)
+    if by_time:
+        ax.set_xscale("log")
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
-    ax.set_xlabel("damage to the frames that are not revisits (dB, lower is better)")
+    ax.set_xlabel("generation time with memory / without (same run; log scale)" if by_time else
+                  "damage to the frames that are not revisits (dB, lower is better)")
     ax.set_ylabel("floor-to-ceiling gap closed (%)")
     ax.set_title(f"{title}\nfilled: paired p < {MAX_P}; size: episodes with revisits (n)", fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
@@ -191,6 +215,8 @@ def plot_main(argv: list[str] | None = None) -> int:
                    help="a label and the results.json of `sfvgen demo` (or a pooled JSON of `sfvgen evaluate pool`)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     p.add_argument("--title", default="Temp-LoRA in generation")
+    p.add_argument("--against", choices=("damage", "time"), default="damage",
+                   help="x axis: damage to the other frames (the memory bar), or the time ratio (the price bar)")
     args = p.parse_args(argv)
     runs = {}
     for item in args.runs:
@@ -201,8 +227,9 @@ def plot_main(argv: list[str] | None = None) -> int:
             raise UserInputError(f"plot: the label {label!r} is given twice")
         runs[label] = file
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for r in plot_runs(runs, args.out, args.title):
+    passes = "clears_price_bar" if args.against == "time" else "clears_bar"
+    for r in plot_runs(runs, args.out, args.title, args.against):
         print(f"{r['label']:>24}: gap {100 * r['gap_closed']:+.1f} %, damage {r['damage_db']:+.2f} dB, p = {r['p']:.3g}, "
-              f"n = {r['n']}{'  clears the bar' if r['clears_bar'] else ''}")
+              f"n = {r['n']}, time {r['time_ratio']:.1f}x{'  clears the bar' if r[passes] else ''}")
     print(f"plot: {args.out.resolve()}")
     return 0

@@ -23,6 +23,8 @@ MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5, "Revisit PSNR"
 MAX_DAMAGE_DB = 0.5  # memory may cost the frames that are not revisits at most this much (issue 13)
 MIN_GAP_CLOSED = 0.25  # ... and must close a quarter of the floor-to-ceiling gap
 MAX_P = 0.05  # ... with a paired p below this
+MAX_TIME_RATIO = 3.0  # a memory at the paper's price (issue 36): at most 3x the generation time without it ...
+MIN_GAP_CLOSED_AT_PRICE = 0.40  # ... closing at least 40 % of the gap (with the p and damage above)
 
 MEMORY_TEXT = (
     "Revisit PSNR: the revisited pixels that had left the context window (no context frame of their chunk "

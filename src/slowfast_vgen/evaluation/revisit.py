@@ -47,7 +47,11 @@ def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: Any, 
         enable_model_summary=False, inference_mode=False,
     )
     loader = DataLoader(episodes, batch_size=1, collate_fn=collate_episode)
-    return trainer.predict(system, dataloaders=loader)
+    shown, system.generator.progress = system.generator.progress, progress  # predict: a bar per episode; this: per chunk
+    try:
+        return trainer.predict(system, dataloaders=loader)
+    finally:
+        system.generator.progress = shown
 
 
 def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsistency,

@@ -2,7 +2,7 @@
 
 Each mode (without / with Temp-LoRA) runs in a fresh subprocess so that peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``, on CPU the process's peak resident set size. Sampling follows the paper
-(DPM-Solver 20 steps, three-way guidance); Temp-LoRA takes the options of every command (``--temp-lora PRESET`` and
+(DPM-Solver 20 steps) at the preset's guidance, as ``sfvgen demo`` runs it (three-way 2 / 5 for ``paper``); Temp-LoRA takes the options of every command (``--temp-lora PRESET`` and
 overrides; ``--temp-lora paper`` is Table 3's setting: rank 32, one update per chunk).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -68,9 +69,9 @@ def peak_mb(device: torch.device) -> float:
 
 
 def run_components(preset: str, device: str, dtype: str, settings: Any, repeats: int, steps: int,
-                   update_only: bool = False, warmup: int = 1) -> dict:
+                   update_only: bool = False, warmup: int = 1, guidance: tuple[float, float] = (2.0, 5.0)) -> dict:
     """Each phase of one Temp-LoRA chunk, timed (median of ``repeats``) and its peak memory, in this process:
-    a guided sampling step (three-way guidance: one UNet call at batch 3 on the context + new frames) without
+    a sampling step (at three-way guidance one UNet call at batch 3 on the context + new frames) without
     LoRA, with the LoRA unmerged and with Theta merged; merging and unmerging; the update (the preset's steps on
     the context + new frames, Alg. 1a l.11-14). The per-chunk ratio at ``steps`` sampling steps is computed from
     the parts: ``(steps * step_with + update [+ merge]) / (steps * step_without)``. ``settings``: the Temp-LoRA
@@ -91,7 +92,8 @@ def run_components(preset: str, device: str, dtype: str, settings: Any, repeats:
     weights_mb = peak_mb(dev)
     parameters = sum(p.numel() for p in unet.parameters())
     diffusion = MaskedDiffusion()
-    sampler = ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps)
+    sampler = ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps, guidance_image=guidance[0],
+                           guidance_text=guidance[1])
     sampler.scheduler.set_timesteps(steps, device=dev)
     encoder = HashTextEncoder(cfg["embed"], max_tokens=cfg.get("tokens", 8)).to(dev)
     null, text = encoder([""]).to(dev, dt), encoder(["go right"]).to(dev, dt)
@@ -139,6 +141,7 @@ def run_components(preset: str, device: str, dtype: str, settings: Any, repeats:
 
     def update():
         learner.update(context, new, null, text, back)
+        learner.consolidate()  # write_where="before-read": the write is made here (None otherwise)
 
     if update_only:
         return {"phases": {"update": timed(update, "update")}, "weights_mb": round(weights_mb, 1),
@@ -179,7 +182,7 @@ def run_components(preset: str, device: str, dtype: str, settings: Any, repeats:
 
 
 def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, device: str, merge: bool = False,
-             dtype: str = "float32", settings: Any = None) -> dict:
+             dtype: str = "float32", settings: Any = None, guidance: tuple[float, float] = (2.0, 5.0)) -> dict:
     """One mode in this process; ``preset``: a name in PRESETS or such a dict; ``settings``: the Temp-LoRA settings
     (:class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict, e.g. ``{"preset": "paper"}``)."""
     from slowfast_vgen.diffusion import ChunkSampler, MaskedDiffusion
@@ -196,7 +199,8 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, devic
     learner = TempLoRA(unet, diffusion, settings) if temp_lora else None
     encoder = HashTextEncoder(cfg["embed"], max_tokens=cfg.get("tokens", 8)).to(dev)
     gen = LongVideoGenerator(unet, PixelShuffleAutoencoder().to(dev), encoder,
-                             ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps),
+                             ChunkSampler(diffusion.scheduler_config(), num_inference_steps=steps,
+                                          guidance_image=guidance[0], guidance_text=guidance[1]),
                              chunk_frames=cfg["chunk"], context_frames=cfg["context"], temp_lora=learner,
                              merge_for_sampling=merge)
     actions = (["go right", "go up", "go left", "go down"] * chunks)[:chunks]
@@ -209,20 +213,26 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, devic
         stream = gen.stream(first[None, None].to(dev), actions, decode=True)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, memory = [], {}
+    times, memory, written = [], {}, []
     t0 = time.perf_counter()
     for chunk in stream:
         _ = (chunk.latents if chunk.video is None else chunk.video).cpu()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        written.append(chunk.update is None or chunk.update.written)
         n = chunk.index + 1
         if n in (10, chunks):
             memory[n] = round(torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else rss_mb(), 2)
         t0 = time.perf_counter()
-    steady = times[2:] if len(times) > 4 else times
+    first = 2 if len(times) > 4 else 0
+    steady = times[first:]
+    # ``write_where="new-ground"`` skips chunks the memory recognises: the cost of a chunk that is written, apart
+    steady_written = [t for t, w in zip(steady, written[first:]) if w] or [math.nan]
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds_per_chunk": sum(steady) / len(steady), "peak_memory_mb": round(peak, 2),
+            "seconds_per_written_chunk": sum(steady_written) / len(steady_written),
+            "chunks_written": sum(written),
             "memory_mb_at_chunk": memory, "chunks": chunks,
             "temp_lora": None if learner is None else {"update_frames": learner.settings.update_frames,
                                                         "checkpointing": learner.settings.checkpointing,
@@ -231,7 +241,7 @@ def run_mode(preset: str | dict, temp_lora: bool, chunks: int, steps: int, devic
 
 def main(argv: list[str] | None = None) -> int:
     from slowfast_vgen.simulators.world import REVERSE
-    from slowfast_vgen.temp_lora import TempLoRASettings, add_options, settings_from_args
+    from slowfast_vgen.temp_lora import PRESET_GUIDANCE, TempLoRASettings, add_options, settings_from_args
 
     p = ArgumentParser(prog="sfvgen bench temp-lora")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -252,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-only", action="store_true", help="--components: time the update alone")
     p.add_argument("--child", choices=["with", "without"], help=argparse.SUPPRESS)
     p.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)  # the parent's settings, for its children
+    p.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("IMAGE", "TEXT"),
+                   help="guidance scales of both modes (default: the preset's, as `sfvgen demo`: 2 5 for paper, 1 1 "
+                        "for the rehearsal presets; at 1 1 a sampling step is one UNet call, not three)")
     add_options(p)
     args = p.parse_args(argv)
+    args.guidance = args.guidance or PRESET_GUIDANCE[args.temp_lora]
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     # the bench's chunks walk the built-in world, whose actions declare their reverses
     settings = (TempLoRASettings.build(json.loads(args.settings_json)) if args.settings_json
@@ -262,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return components_main(args, settings)
     if args.child:
         print(json.dumps(run_mode(args.preset, args.child == "with", args.chunks, args.steps, args.device,
-                                  args.merge, args.dtype, settings)))
+                                  args.merge, args.dtype, settings, tuple(args.guidance))))
         return 0
     results = both_modes(args, settings)
     w, wo = results["with"], results["without"]
@@ -270,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "temp-lora", "preset": args.preset, "device": args.device, "settings": _settings(args, settings),
         "without_temp_lora": wo, "with_temp_lora": w,
         "time_ratio": round(w["seconds_per_chunk"] / wo["seconds_per_chunk"], 4),
+        "time_ratio_written_chunks": round(w["seconds_per_written_chunk"] / wo["seconds_per_chunk"], 4),
         "memory_ratio": round(w["peak_memory_mb"] / wo["peak_memory_mb"], 4),
         "paper_table3": PAPER_TABLE3, "machine": machine(),
     }, indent=2))
@@ -280,14 +295,15 @@ PAPER_TABLE3 = {"time_ratio": round(13.8066 / 12.9305, 4), "memory_ratio": round
 
 
 def _settings(args: argparse.Namespace, settings: Any) -> dict:
-    return {"sampler": "dpm-solver", "steps": args.steps, "guidance": "three-way (2, 5)", "dtype": args.dtype,
+    return {"sampler": "dpm-solver", "steps": args.steps, "guidance": {"image": args.guidance[0],
+            "text": args.guidance[1]}, "dtype": args.dtype,
             "merge_for_sampling": args.merge, "temp_lora": args.temp_lora, "temp_lora_settings": asdict(settings),
             "chunk_frames": PRESETS[args.preset]["chunk"], "context_frames": PRESETS[args.preset]["context"]}
 
 
 def components_main(args: argparse.Namespace, settings: Any) -> int:
     parts = run_components(args.preset, args.device, args.dtype, settings, args.repeats, args.steps,
-                           args.update_only, args.warmup)
+                           args.update_only, args.warmup, tuple(args.guidance))
     out = {"bench": "temp-lora --components", "preset": args.preset, "device": args.device,
            "settings": {**_settings(args, settings), "repeats": args.repeats, "warmup": args.warmup}, **parts,
            "paper_table3": PAPER_TABLE3}
@@ -315,6 +331,7 @@ def both_modes(args: argparse.Namespace, settings: Any) -> dict[str, dict]:
         cmd = [sys.executable, "-m", "slowfast_vgen.cli", "bench", "temp-lora", "--child", mode,
                "--preset", args.preset, "--chunks", str(args.chunks), "--steps", str(args.steps),
                "--device", args.device, "--dtype", args.dtype, "--settings-json", json.dumps(asdict(settings)),
+               "--guidance", *(str(g) for g in args.guidance),
                *(["--merge"] if args.merge else [])]
         print(f"bench: {mode} Temp-LoRA, {args.chunks} chunks (a child process) ...", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)

@@ -10,8 +10,9 @@ with the video's length; chunks are handed out as they are made (``stream``).
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -87,6 +88,8 @@ class LongVideoGenerator:
         self.temp_lora = temp_lora
         self.merge_for_sampling = merge_for_sampling
         self.on_chunk_end: list[Callable[[Chunk], None]] = []
+        self.progress = False  # a bar per video (chunk i of n, seconds of sampling and of the update), for callers
+        # such as trainer.predict whose own bar moves once per video
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return unet_output(self.unet, z_t, t, text)
@@ -98,7 +101,7 @@ class LongVideoGenerator:
         actions: Iterable[str | tuple[str, int]],
         seed: int = 0,
         decode: bool = True,
-        progress: bool = False,
+        progress: bool | None = None,
         context_latents: torch.Tensor | None = None,
         sampler_state: torch.Tensor | None = None,
     ) -> Iterator[Chunk]:
@@ -107,7 +110,8 @@ class LongVideoGenerator:
         An action is a text (a chunk of ``chunk_frames`` frames) or ``(text, n_frames)``: recorded episodes
         change action at any frame, and their chunks end where the action does (the model is trained on mixed
         clip lengths, Sec. 3.1). ``context_latents`` (B, C, f, h, w) continues a stopped world instead of encoding ``first``,
-        and ``sampler_state`` (a chunk's ``sampler_state``) continues its noise where it stopped.
+        and ``sampler_state`` (a chunk's ``sampler_state``) continues its noise where it stopped. ``progress``: a bar
+        per chunk (default: the generator's ``progress``).
         """
         if context_latents is None:
             check_video(first, "first frames")
@@ -124,24 +128,35 @@ class LongVideoGenerator:
             log.warning("merge_for_sampling is off: the UNet is sharded by FSDP, Theta is applied unmerged")
         if sampler_state is not None:  # a continued world draws what the uninterrupted one would have
             generator.set_state(sampler_state)
-        for i, item in enumerate(tqdm(actions, desc="chunks", unit="chunk", disable=not progress)):
+        bar = tqdm(actions, desc="chunks", unit="chunk", leave=False,
+                   disable=not (self.progress if progress is None else progress))
+        for i, item in enumerate(bar):
+            start = time.perf_counter()
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
             read, recognition = False, math.nan
             if self.temp_lora is not None:  # the read policy: Phi + Theta (l.8), or Phi alone where it withholds Theta
                 read, recognition = self.temp_lora.reads(context, text)
+                if read:  # write_where="before-read": what is new is written now, before it is read
+                    self.temp_lora.consolidate()
                 self.temp_lora.set_enabled(read)
+            start_sampling = time.perf_counter()
             merge = read and self.merge_for_sampling and not sharded
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
                 z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
             new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
+            sampled = time.perf_counter()
             update = None
             if self.temp_lora is not None:  # Alg. 1a l.11-14
                 self.temp_lora.set_enabled(True)  # the update trains Theta, read or not
                 back = self.temp_lora.reverse_action(action)
                 back_text = None if back is None else self.text_encoder([back] * b).to(device)
-                update = self.temp_lora.update(context, new, null, text, back_text)
+                update = self.temp_lora.update(context, new, null, text, back_text, recognised=read)
                 update.read, update.recognition = read, recognition
+                written = time.perf_counter() - sampled + start_sampling - start  # before-read writes come first
+                bar.set_postfix_str(f"sampling {sampled - start_sampling:.1f} s, update {written:.1f} s"
+                                    + (", Theta read" if read else "") + ("" if update.written else ", not written"),
+                                    refresh=False)
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update,
                           generator.get_state())
             for hook in self.on_chunk_end:

@@ -15,11 +15,10 @@ The read policy says whether generation applies Theta to the next chunk (:meth:`
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,12 @@ from torch import nn
 
 from slowfast_vgen.diffusion.masked import MaskedDiffusion, masked_mse
 from slowfast_vgen.errors import UserInputError
-from slowfast_vgen.io import atomic_path
 from slowfast_vgen.models.unet import unet_output
 from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.temp_lora.adapter import LoRAAdapter, checkpointed_layers
 from slowfast_vgen.temp_lora.read import ReadAlways, ReadWhereRecognised
 from slowfast_vgen.temp_lora.settings import TempLoRASettings
+from slowfast_vgen.temp_lora.storage import load_memory, save_memory
 from slowfast_vgen.temp_lora.write import ChunkWrite, Episode, RehearsalWrite
 
 log = logging.getLogger(__name__)
@@ -52,6 +51,7 @@ class UpdateRecord:
     loss_before: float = math.nan  # the first step's loss on its batch
     loss_after: float = math.nan  # the same batch after the update (only measured with ``loss_guard``)
     read: bool = True  # generation applied Theta to this chunk (the read policy may withhold it)
+    written: bool = True  # the update ran (``write_where="new-ground"`` skips a chunk the memory recognised)
     recognition: float = math.nan  # ``read_gate``: the chunk's recognition ratio
 
 
@@ -111,10 +111,19 @@ class TempLoRA:
         """New episode (Alg. 1a l.3): Theta_0 (B = 0, so Phi + Theta_0 == Phi), fresh Adam, an empty episode."""
         s = self.settings
         self.lora.reset(s.seed)
-        self.optimizer = torch.optim.Adam(self.params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+        self.optimizer = self._optimizer()
         self.history: list[UpdateRecord] = []
         self.chunks_seen = 0
         self.episode = Episode()
+        self._pending = self._consolidated = None  # write_where="before-read": the write not yet made, the one made
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        s = self.settings
+        if s.optimizer == "muon":  # LoRA's A and B are matrices; the step's RMS matched to AdamW's, so lr carries over
+            return torch.optim.Muon(self.params, lr=s.lr, weight_decay=s.weight_decay, adjust_lr_fn="match_rms_adamw")
+        if s.optimizer == "sgd":
+            return torch.optim.SGD(self.params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+        return torch.optim.Adam(self.params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
 
     def reverse_action(self, action: str) -> str | None:
         """The text of a time-reversed / turn-back clip made under ``action`` (None: not needed or not declared)."""
@@ -129,13 +138,15 @@ class TempLoRA:
 
     # -- fast learning (Eq. 3, Alg. 1a l.11-14) ----------------------------------------------------------
     def update(self, context: torch.Tensor, generated: torch.Tensor, null_text: torch.Tensor,
-               text: torch.Tensor | None = None, reverse_text: torch.Tensor | None = None) -> UpdateRecord:
+               text: torch.Tensor | None = None, reverse_text: torch.Tensor | None = None,
+               recognised: bool = False) -> UpdateRecord:
         """One chunk's fast learning. ``context`` (B, C, f_p, h, w): the chunk's input latents X_i; ``generated``
-        (B, C, f_g, h, w): its output Y_i; ``text``: its action; ``reverse_text``: the reverse action's text."""
+        (B, C, f_g, h, w): its output Y_i; ``text``: its action; ``reverse_text``: the reverse action's text;
+        ``recognised``: the read policy recognised where the chunk starts (``write_where="new-ground"``: no steps)."""
         if torch.is_inference_mode_enabled():  # e.g. inside trainer.predict: learn on ordinary copies
             with torch.inference_mode(False):
                 copies = [None if x is None else x.clone() for x in (context, generated, null_text, text, reverse_text)]
-                return self.update(*copies)
+                return self.update(*copies, recognised=recognised)
         self.lora.check_live()
         s = self.settings
         by_text = s.text_condition == "action"
@@ -151,16 +162,45 @@ class TempLoRA:
             clip = z0[:, :, -s.update_frames :]
             n_clip_input = max(0, n_input - (z0.shape[2] - s.update_frames))
         self.episode.clip = (clip.shape[2], n_clip_input)
-        snapshot = self._snapshot()
+        if s.write_where == "before-read":  # written when next read (:meth:`consolidate`), not now
+            self._pending = (clip, n_clip_input, text, cond, null_text, chunk)
+            record = self._consolidated or UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
+            record.chunk, self._consolidated = chunk, None
+            self.history.append(record)
+            return record
+        if recognised and s.write_where == "new-ground":  # known ground: kept in the episode, not written again
+            record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
+            self.history.append(record)
+            return record
+        return self._write(clip, n_clip_input, text, cond, null_text, chunk)
+
+    def consolidate(self) -> UpdateRecord | None:
+        """``write_where="before-read"``: write what the episode gained since the last write, now that generation
+        is about to read Theta (the steps of an update, on the last chunk's clip and the rehearsal); the record is
+        the next :meth:`update`'s. None when nothing is pending (or the writes are made after every chunk)."""
+        if self.settings.write_where != "before-read" or self._pending is None:
+            return None
+        with torch.inference_mode(False):
+            clip, n_input, text, cond, null, chunk = self._pending
+            self._pending = None
+            self._consolidated = self._write(clip, n_input, text, cond, null, chunk, keep=False)
+        return self._consolidated
+
+    def _write(self, clip: torch.Tensor, n_clip_input: int, text: torch.Tensor | None, cond: torch.Tensor,
+               null_text: torch.Tensor, chunk: int, keep: bool = True) -> UpdateRecord:
+        """The steps of one write (Alg. 1a l.11-14), each on a batch of the write policy; rolled back whole if a
+        guard fires. ``keep``: add the record to the history."""
+        s = self.settings
         record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0)
+        snapshot = self._snapshot()
         g = torch.Generator().manual_seed(stable_seed("temp-lora", s.seed, chunk))
         first_batch = None
         for step in range(s.steps_per_chunk):
             clips, n_clean, texts = self.write.batch(self.episode, clip, n_clip_input, text, cond, null_text, g)
             n = clips.shape[0]
-            t = torch.randint(0, self.diffusion.num_train_timesteps, (n,), generator=g).to(z0.device)
-            noise = torch.randn(clips.shape, generator=g).to(z0.device, z0.dtype)
-            batch = (clips, torch.full((n,), n_clean, dtype=torch.long, device=z0.device), t, noise, texts)
+            t = torch.randint(0, self.diffusion.num_train_timesteps, (n,), generator=g).to(clip.device)
+            noise = torch.randn(clips.shape, generator=g).to(clip.device, clip.dtype)
+            batch = (clips, torch.full((n,), n_clean, dtype=torch.long, device=clip.device), t, noise, texts)
             first_batch = first_batch or batch
             loss = self._loss(*batch)
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -172,20 +212,21 @@ class TempLoRA:
                 record.loss_before = record.loss
             reason = self._guard(record.loss, record.grad_norm)
             if reason:
-                return self._roll_back(snapshot, record, reason)
+                return self._roll_back(snapshot, record, reason, keep)
             for p, gr in zip(self.params, grads):
                 p.grad = gr
             self.optimizer.step()  # Alg. 1a l.14: Theta_{i+1} <- Theta_i - alpha grad
             self.optimizer.zero_grad(set_to_none=True)
             if not all(torch.isfinite(p).all() for p in self.params):
-                return self._roll_back(snapshot, record, "non-finite LoRA weights after the step")
+                return self._roll_back(snapshot, record, "non-finite LoRA weights after the step", keep)
         if s.loss_guard:  # divergence: the update made its own first batch worse, not better
             with torch.no_grad():
                 record.loss_after = float(self._loss(*first_batch))
             if not record.loss_after <= s.loss_guard * record.loss_before:  # also catches NaN
                 return self._roll_back(snapshot, record, f"loss on its own batch rose from {record.loss_before:.4g} "
-                                       f"to {record.loss_after:.4g} (> {s.loss_guard} x)")
-        self.history.append(record)
+                                       f"to {record.loss_after:.4g} (> {s.loss_guard} x)", keep)
+        if keep:
+            self.history.append(record)
         return record
 
     def _loss(self, z0, n_clean, t, noise, cond) -> torch.Tensor:
@@ -202,7 +243,7 @@ class TempLoRA:
     def _guard(self, loss: float, grad_norm: float) -> str:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return f"non-finite loss ({loss}) or gradient norm ({grad_norm})"
-        previous = [r.grad_norm for r in self.history if not r.rolled_back]
+        previous = [r.grad_norm for r in self.history if r.written and not r.rolled_back]
         factor = self.settings.explode_factor
         if len(previous) >= 3 and grad_norm > factor * statistics.median(previous):
             return f"gradient norm {grad_norm:.3g} > {factor} x median {statistics.median(previous):.3g}"
@@ -213,7 +254,7 @@ class TempLoRA:
                 "adam": {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
                          for p, s in self.optimizer.state.items()}}
 
-    def _roll_back(self, snapshot: dict, record: UpdateRecord, reason: str) -> UpdateRecord:
+    def _roll_back(self, snapshot: dict, record: UpdateRecord, reason: str, keep: bool = True) -> UpdateRecord:
         with torch.no_grad():
             for p, saved in zip(self.params, snapshot["params"]):
                 p.copy_(saved)
@@ -225,54 +266,15 @@ class TempLoRA:
         self.optimizer.zero_grad(set_to_none=True)
         record.rolled_back, record.reason = True, reason
         log.warning("Temp-LoRA update at chunk %d rolled back: %s", record.chunk, reason)
-        self.history.append(record)
+        if keep:
+            self.history.append(record)
         return record
 
-    # -- the memory on disk (safetensors: data, never code) ------------------------------------------------
+    # -- the memory on disk (safetensors: data, never code; storage.py) --------------------------------------
     def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None) -> Path:
-        """Theta, its Adam moments, the episode the write and read policies use, and ``extra`` tensors."""
-        from safetensors.torch import save_file
-
-        s = self.settings
-        meta = {"rank": s.rank, "target_modules": list(s.target_modules) if not isinstance(s.target_modules, str)
-                else s.target_modules, "chunks_seen": self.chunks_seen, "settings": json.dumps(asdict(s), default=str)}
-        tensors = {f"lora.{k}": v for k, v in self.lora.state_dict().items()}
-        for i, p in enumerate(self.params):
-            tensors.update({f"adam.{i}.{k}": torch.as_tensor(v) for k, v in self.optimizer.state.get(p, {}).items()})
-        tensors.update({f"episode.{k}": v for k, v in self.episode.state_tensors().items()})
-        tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
-        with atomic_path(Path(path)) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={"temp_lora": json.dumps(meta)})
-        return Path(path)
+        """Theta, its optimizer's state, the episode the write and read policies use, and ``extra`` tensors."""
+        return save_memory(self, path, extra)
 
     def load(self, path: str | Path) -> dict[str, torch.Tensor]:
         """Load a memory written by :meth:`save` (data only: safetensors); returns its ``extra`` tensors."""
-        from slowfast_vgen.io import read_safetensors
-
-        path = Path(path)
-        tensors, metadata = read_safetensors(path, "Temp-LoRA memory")
-        try:
-            meta = json.loads(metadata.get("temp_lora", "{}"))
-        except json.JSONDecodeError:
-            meta = None
-        if not isinstance(meta, dict) or "rank" not in meta:
-            raise UserInputError(f"Temp-LoRA memory {str(path)!r} has no Temp-LoRA metadata; expected a file written "
-                                 f"by --memory-out (TempLoRA.save)")
-        s = self.settings
-        targets = s.target_modules if isinstance(s.target_modules, str) else list(s.target_modules)
-        if meta.get("rank") != s.rank or meta.get("target_modules") != targets:
-            raise UserInputError(f"Temp-LoRA memory {path.name}: rank {meta.get('rank')} on "
-                                 f"{meta.get('target_modules')}; this learner has rank {s.rank} on {targets}")
-        device = self.params[0].device
-        self.lora.load_state_dict({k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("lora.")})
-        self.optimizer = torch.optim.Adam(self.params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
-        for i, p in enumerate(self.params):
-            state = {k.split(".", 2)[2]: v if k.endswith(".step") else v.to(device)  # Adam keeps `step` on the CPU
-                     for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
-            if state:
-                self.optimizer.state[p] = state
-        self.chunks_seen = int(meta.get("chunks_seen", 0))
-        self.episode = Episode()
-        self.episode.load_tensors({k[8:]: v for k, v in tensors.items() if k.startswith("episode.")}, device)
-        return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+        return load_memory(self, path)

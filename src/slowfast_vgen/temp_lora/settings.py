@@ -22,6 +22,13 @@ VARIANTS = ("temp-lora", "original", "no-local")
 # What each update step trains on: "chunk" = the chunk's own X_i (+) Y_i (Alg. 1a l.11); "rehearsal" = that clip and
 # the episode so far (every window, reversed, and the way back from its end; docs/memory.md, Search 11).
 WRITES = ("chunk", "rehearsal")
+# When the update is made: "every-chunk" = after every chunk (Alg. 1a l.10); "new-ground" = not after a chunk that the
+# read policy recognised (read_gate): a return along a written path adds nothing new to write; "before-read" = only
+# when generation is about to read Theta (read_gate), on all that the episode gained since the last write (issue 36).
+WRITE_WHERE = ("every-chunk", "new-ground", "before-read")
+# The update rule: "adam" (App. C.1), "muon" (torch.optim.Muon: orthogonalised momentum, its step scaled to match
+# AdamW's RMS so that lr means the same; LaCT), "sgd" (momentum 0.9).
+OPTIMIZERS = ("adam", "muon", "sgd")
 # What the update's clips are conditioned on: "none" = the empty prompt (Eq. 3); "action" = each clip's action text.
 TEXT_CONDITIONS = ("none", "action")
 # The paper does not name the wrapped layers: the attention projections of the spatial and temporal
@@ -48,6 +55,8 @@ class TempLoRASettings:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     steps_per_chunk: int = _opt(1, "gradient steps after each chunk (not given by the paper)")
+    optimizer: str = _opt("adam", "the update rule: adam (the paper), muon (orthogonalised momentum), sgd (momentum "
+                          "0.9)", choices=OPTIMIZERS)
     variant: str = _opt("temp-lora", "Table 4's update: temp-lora (Eq. 3), original, no-local", choices=VARIANTS)
     seed: int = 0  # the LoRA initialisation and every update's noise
     # -- guards (App. D.5: high learning rates are unstable): a rolled-back update leaves Theta as it was
@@ -57,6 +66,9 @@ class TempLoRASettings:
     # -- the write policy: what each step trains on
     write: str = _opt("chunk", "chunk: the chunk's own clip (Alg. 1a); rehearsal: the whole episode so far",
                       choices=WRITES)
+    write_where: str = _opt("every-chunk", "every-chunk: update after every chunk (Alg. 1a); new-ground: not after a "
+                            "chunk the memory recognised; before-read: only before a chunk that reads Theta, on what "
+                            "is new since the last write (both need read_gate)", choices=WRITE_WHERE)
     draws: int = _opt(1, "rehearsal: at most this many clips per step (the chunk's own always in)")
     reverse: bool = _opt(False, "rehearsal: also every window reversed in time, under the reverse action")
     turns: bool = _opt(False, "rehearsal: also the way back from each window's end, under the reverse action")
@@ -80,6 +92,10 @@ class TempLoRASettings:
 
         need(self.variant in VARIANTS, f"variant is one of {list(VARIANTS)}", self.variant)
         need(self.write in WRITES, f"write is one of {list(WRITES)}", self.write)
+        need(self.optimizer in OPTIMIZERS, f"optimizer is one of {list(OPTIMIZERS)}", self.optimizer)
+        need(self.write_where in WRITE_WHERE, f"write_where is one of {list(WRITE_WHERE)}", self.write_where)
+        need(self.write_where == "every-chunk" or self.read_gate > 0, f"write_where {self.write_where!r} needs "
+             "read_gate > 0 (the recognition says where Theta is read)", self.read_gate)
         need(self.text_condition in TEXT_CONDITIONS, f"text_condition is one of {list(TEXT_CONDITIONS)}",
              self.text_condition)
         for name in ("rank", "steps_per_chunk", "draws"):
