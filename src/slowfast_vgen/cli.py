@@ -23,15 +23,18 @@ LIGHTNING_COMMANDS = {
     "fit": "train a model (slow learning, the slow-fast loop) from an experiment YAML",
     "validate": "run the validation loop of an experiment",
     "test": "run the test loop of an experiment",
-    "predict": "run the predict loop of an experiment (generation)",
+    "predict": "run the predict loop of an experiment (its data module needs a predict_dataloader, which the "
+               "shipped ones lack: generate with `sfvgen generate`, `demo` or `evaluate`)",
 }
 # name -> (module:function, help). Each function takes the remaining argv and returns an exit code.
 TOOL_COMMANDS = {
     "demo": ("slowfast_vgen.demo:main", "train/generate on the built-in world and write videos (make demo)"),
     "generate": ("slowfast_vgen.generate:main", "generate a long video from a first frame and actions"),
     "data": ("slowfast_vgen.datamodules.prep.cli:main", "build, verify and record WebDataset shards"),
-    "evaluate": ("slowfast_vgen.evaluation.cli:main", "evaluate models and write the paper's tables"),
-    "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, slow-fast, data, metrics) as JSON"),
+    "evaluate": ("slowfast_vgen.evaluation.cli:main", "the paper's tables (-c YAML); pool, plot (revisit runs); "
+                 "human-sheet"),
+    "bench": ("slowfast_vgen.bench:main", "benchmarks (train-step, temp-lora, memory, slow-fast, data, metrics) as "
+              "JSON"),
     "export": ("slowfast_vgen.checkpoints:export_main", "UNet weights of a checkpoint -> safetensors"),
 }
 

@@ -340,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         from slowfast_vgen.evaluation.pool import plot_main
 
         return plot_main(argv[1:])
-    p = ArgumentParser(prog="sfvgen evaluate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="sfvgen evaluate", description=__doc__.split("\n\n")[0],
+                       epilog="also: sfvgen evaluate pool RUN/results.json ... (one paired test over split demo runs); "
+                       "sfvgen evaluate plot LABEL=RUN.json ... --out PNG [--against damage|time]; sfvgen evaluate "
+                       "human-sheet VIDEO_DIR (App. C.3)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. benchmark.episodes=2 settings.steps=5")
     args = p.parse_args(argv)

@@ -48,6 +48,11 @@ class LoRAAdapter:
     def _live(self) -> list[nn.Parameter]:
         return [p for n, p in self.unet.named_parameters() if ".lora_" in n and ADAPTER in n]
 
+    def is_b(self) -> list[bool]:
+        """For each of ``params``: is it a B matrix (the output side, zero at Theta_0)?"""
+        names = {id(p): n for n, p in self.unet.named_parameters()}
+        return [".lora_B." in names[id(p)] for p in self.params]
+
     def layers(self) -> list[LoraLayer]:
         return [m for m in self.unet.modules() if isinstance(m, LoraLayer)]
 

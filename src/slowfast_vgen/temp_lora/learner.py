@@ -119,11 +119,17 @@ class TempLoRA:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
+        if s.lr_ratio != 1:  # LoRA+: B at lr_ratio x the rate of A
+            b = self.lora.is_b()
+            groups = [{"params": [p for p, is_b in zip(self.params, b) if not is_b], "lr": s.lr},
+                      {"params": [p for p, is_b in zip(self.params, b) if is_b], "lr": s.lr * s.lr_ratio}]
+        else:
+            groups = self.params
         if s.optimizer == "muon":  # LoRA's A and B are matrices; the step's RMS matched to AdamW's, so lr carries over
-            return torch.optim.Muon(self.params, lr=s.lr, weight_decay=s.weight_decay, adjust_lr_fn="match_rms_adamw")
+            return torch.optim.Muon(groups, lr=s.lr, weight_decay=s.weight_decay, adjust_lr_fn="match_rms_adamw")
         if s.optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
-        return torch.optim.Adam(self.params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+            return torch.optim.SGD(groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+        return torch.optim.Adam(groups, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
 
     def reverse_action(self, action: str) -> str | None:
         """The text of a time-reversed / turn-back clip made under ``action`` (None: not needed or not declared)."""
@@ -198,7 +204,12 @@ class TempLoRA:
         for step in range(s.steps_per_chunk):
             clips, n_clean, texts = self.write.batch(self.episode, clip, n_clip_input, text, cond, null_text, g)
             n = clips.shape[0]
-            t = torch.randint(0, self.diffusion.num_train_timesteps, (n,), generator=g).to(clip.device)
+            big_t = self.diffusion.num_train_timesteps
+            if s.stratified:  # one timestep per stratum of [0, T), in random order
+                t = ((torch.randperm(n, generator=g) + torch.rand(n, generator=g)) * big_t / n).long().clamp_max(big_t - 1)
+            else:
+                t = torch.randint(0, big_t, (n,), generator=g)
+            t = t.to(clip.device)
             noise = torch.randn(clips.shape, generator=g).to(clip.device, clip.dtype)
             batch = (clips, torch.full((n,), n_clean, dtype=torch.long, device=clip.device), t, noise, texts)
             first_batch = first_batch or batch

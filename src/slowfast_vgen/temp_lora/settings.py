@@ -55,6 +55,9 @@ class TempLoRASettings:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     steps_per_chunk: int = _opt(1, "gradient steps after each chunk (not given by the paper)")
+    lr_ratio: float = _opt(1.0, "learning rate of LoRA's B over A's (LoRA+: B learns faster; 1: one rate)")
+    stratified: bool = _opt(False, "each step's clips get timesteps spread over the range (one per stratum) instead of "
+                            "independent draws")
     optimizer: str = _opt("adam", "the update rule: adam (the paper), muon (orthogonalised momentum), sgd (momentum "
                           "0.9)", choices=OPTIMIZERS)
     variant: str = _opt("temp-lora", "Table 4's update: temp-lora (Eq. 3), original, no-local", choices=VARIANTS)
@@ -102,6 +105,7 @@ class TempLoRASettings:
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} >= 1", getattr(self, name))
         for name in ("clean_context", "update_frames"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{name} >= 0", getattr(self, name))
+        need(self.lr_ratio > 0, "lr_ratio > 0", self.lr_ratio)
         for name in ("lr", "loss_guard", "read_gate", "weight_decay"):  # lr 0: stores nothing (a control)
             need(getattr(self, name) >= 0, f"{name} >= 0", getattr(self, name))
         need(self.explode_factor > 0, "explode_factor > 0 (inf: off)", self.explode_factor)
