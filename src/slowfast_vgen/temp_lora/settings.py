@@ -158,10 +158,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                      clean_context=4, text_condition="action", explode_factor=math.inf),
 }
 PRESETS["episodic-gated"] = dict(PRESETS["episodic"], steps_per_chunk=60, draws=24, read_gate=1.0)
+PRESETS["episodic-fast"] = dict(PRESETS["episodic"], steps_per_chunk=20, draws=8, lr_ratio=8.0, read_gate=1.0,
+                                write_where="new-ground")
 # The guidance scales (image, text) each preset was measured with: the paper's 2 / 5 (App. C.1); the rehearsal's
 # memory was found and measured unguided (docs/memory.md, Searches 11-12).
 PRESET_GUIDANCE: dict[str, tuple[float, float]] = {"paper": (2.0, 5.0), "episodic": (1.0, 1.0),
-                                                   "episodic-gated": (1.0, 1.0)}
+                                                   "episodic-gated": (1.0, 1.0), "episodic-fast": (1.0, 1.0)}
 # What every command runs unless told otherwise: the configuration that met issue 13's memory bar.
 DEFAULT_PRESET = "episodic-gated"
 
