@@ -20,7 +20,7 @@ from slowfast_vgen.temp_lora import TempLoRASettings
 
 class TempLoRA(L.Callback):
     """Inference-time Temp-LoRA updates during ``trainer.predict``. ``settings`` (a
-    :class:`slowfast_vgen.temp_lora.TempLoRASettings`, or a dict such as ``{preset: episodic-gated}`` or
+    :class:`slowfast_vgen.temp_lora.TempLoRASettings`, or a dict such as ``{preset: episodic-fast}`` or
     ``{rank: 32, lr: 1e-4}`` in a YAML) and keyword ``options`` over it (``TempLoRA(preset="paper", lr=1e-3)``):
     the learner's settings, declared once there.
 

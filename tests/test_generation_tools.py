@@ -89,10 +89,11 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
                  "--chunks-out", "2", "--steps", "2", "--rank", "4", "--steps-per-chunk", "2", "--draws", "3",
                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    # the shipped memory configuration unless told otherwise (docs/memory.md, Search 12), unguided
+    # the shipped memory configuration unless told otherwise (docs/memory.md, Search 13), unguided
     lora = results["settings"]["temp_lora"]
     assert lora["read_gate"] == 1.0 and lora["write"] == "rehearsal" and lora["turns"] and lora["steps_per_chunk"] == 2
-    assert lora["preset"] == "episodic-gated" and lora["reverse_actions"]["go left"] == "go right"  # the world's
+    assert lora["preset"] == "episodic-fast" and lora["reverse_actions"]["go left"] == "go right"  # the world's
+    assert lora["lr_ratio"] == 8.0 and lora["write_where"] == "new-ground"
     assert results["settings"]["guidance"] == {"image": 1.0, "text": 1.0}
     for episode in results["episodes"]:  # which chunks read Theta, and why (chunk 0: nothing written yet)
         assert 0 not in episode["theta_read_chunks_with"] and episode["recognition_with"][0] is None

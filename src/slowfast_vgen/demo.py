@@ -6,7 +6,7 @@
    ``--train-minutes``.
 2. Generate revisit episodes of the built-in world (leave a place, come back) with and without
    Temp-LoRA, through ``trainer.predict`` and the TempLoRA callback; by default with the Temp-LoRA configuration
-   that remembers (``episodic-gated``, unguided; docs/memory.md, Search 12).
+   that remembers at the lowest price found (``episodic-fast``, unguided; docs/memory.md, Search 13).
 3. Score them (SRC, SCuts, PSNR/SSIM at revisited frames vs the real world) and write a report folder:
    ``index.html``, ``report.md``, ``results.json``, ``similarity.png``, ``videos/*.mp4|gif``.
 

@@ -141,7 +141,6 @@ def run_components(preset: str, device: str, dtype: str, settings: Any, repeats:
 
     def update():
         learner.update(context, new, null, text, back)
-        learner.consolidate()  # write_where="before-read": the write is made here (None otherwise)
 
     if update_only:
         return {"phases": {"update": timed(update, "update")}, "weights_mb": round(weights_mb, 1),

@@ -137,8 +137,6 @@ class LongVideoGenerator:
             read, recognition = False, math.nan
             if self.temp_lora is not None:  # the read policy: Phi + Theta (l.8), or Phi alone where it withholds Theta
                 read, recognition = self.temp_lora.reads(context, text)
-                if read:  # write_where="before-read": what is new is written now, before it is read
-                    self.temp_lora.consolidate()
                 self.temp_lora.set_enabled(read)
             start_sampling = time.perf_counter()
             merge = read and self.merge_for_sampling and not sharded
@@ -153,8 +151,8 @@ class LongVideoGenerator:
                 back_text = None if back is None else self.text_encoder([back] * b).to(device)
                 update = self.temp_lora.update(context, new, null, text, back_text, recognised=read)
                 update.read, update.recognition = read, recognition
-                written = time.perf_counter() - sampled + start_sampling - start  # before-read writes come first
-                bar.set_postfix_str(f"sampling {sampled - start_sampling:.1f} s, update {written:.1f} s"
+                updated = time.perf_counter() - sampled
+                bar.set_postfix_str(f"sampling {sampled - start_sampling:.1f} s, update {updated:.1f} s"
                                     + (", Theta read" if read else "") + ("" if update.written else ", not written"),
                                     refresh=False)
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update,

@@ -115,20 +115,14 @@ class TempLoRA:
         self.history: list[UpdateRecord] = []
         self.chunks_seen = 0
         self.episode = Episode()
-        self._pending = self._consolidated = None  # write_where="before-read": the write not yet made, the one made
 
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
-        if s.lr_ratio != 1:  # LoRA+: B at lr_ratio x the rate of A
+        groups: list = self.params
+        if s.lr_ratio != 1:  # LoRA+ (Hayou et al. 2024): B at lr_ratio x the rate of A
             b = self.lora.is_b()
             groups = [{"params": [p for p, is_b in zip(self.params, b) if not is_b], "lr": s.lr},
                       {"params": [p for p, is_b in zip(self.params, b) if is_b], "lr": s.lr * s.lr_ratio}]
-        else:
-            groups = self.params
-        if s.optimizer == "muon":  # LoRA's A and B are matrices; the step's RMS matched to AdamW's, so lr carries over
-            return torch.optim.Muon(groups, lr=s.lr, weight_decay=s.weight_decay, adjust_lr_fn="match_rms_adamw")
-        if s.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
         return torch.optim.Adam(groups, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
 
     def reverse_action(self, action: str) -> str | None:
@@ -168,34 +162,16 @@ class TempLoRA:
             clip = z0[:, :, -s.update_frames :]
             n_clip_input = max(0, n_input - (z0.shape[2] - s.update_frames))
         self.episode.clip = (clip.shape[2], n_clip_input)
-        if s.write_where == "before-read":  # written when next read (:meth:`consolidate`), not now
-            self._pending = (clip, n_clip_input, text, cond, null_text, chunk)
-            record = self._consolidated or UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
-            record.chunk, self._consolidated = chunk, None
-            self.history.append(record)
-            return record
         if recognised and s.write_where == "new-ground":  # known ground: kept in the episode, not written again
             record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
             self.history.append(record)
             return record
         return self._write(clip, n_clip_input, text, cond, null_text, chunk)
 
-    def consolidate(self) -> UpdateRecord | None:
-        """``write_where="before-read"``: write what the episode gained since the last write, now that generation
-        is about to read Theta (the steps of an update, on the last chunk's clip and the rehearsal); the record is
-        the next :meth:`update`'s. None when nothing is pending (or the writes are made after every chunk)."""
-        if self.settings.write_where != "before-read" or self._pending is None:
-            return None
-        with torch.inference_mode(False):
-            clip, n_input, text, cond, null, chunk = self._pending
-            self._pending = None
-            self._consolidated = self._write(clip, n_input, text, cond, null, chunk, keep=False)
-        return self._consolidated
-
     def _write(self, clip: torch.Tensor, n_clip_input: int, text: torch.Tensor | None, cond: torch.Tensor,
-               null_text: torch.Tensor, chunk: int, keep: bool = True) -> UpdateRecord:
+               null_text: torch.Tensor, chunk: int) -> UpdateRecord:
         """The steps of one write (Alg. 1a l.11-14), each on a batch of the write policy; rolled back whole if a
-        guard fires. ``keep``: add the record to the history."""
+        guard fires."""
         s = self.settings
         record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0)
         snapshot = self._snapshot()
@@ -204,12 +180,7 @@ class TempLoRA:
         for step in range(s.steps_per_chunk):
             clips, n_clean, texts = self.write.batch(self.episode, clip, n_clip_input, text, cond, null_text, g)
             n = clips.shape[0]
-            big_t = self.diffusion.num_train_timesteps
-            if s.stratified:  # one timestep per stratum of [0, T), in random order
-                t = ((torch.randperm(n, generator=g) + torch.rand(n, generator=g)) * big_t / n).long().clamp_max(big_t - 1)
-            else:
-                t = torch.randint(0, big_t, (n,), generator=g)
-            t = t.to(clip.device)
+            t = torch.randint(0, self.diffusion.num_train_timesteps, (n,), generator=g).to(clip.device)
             noise = torch.randn(clips.shape, generator=g).to(clip.device, clip.dtype)
             batch = (clips, torch.full((n,), n_clean, dtype=torch.long, device=clip.device), t, noise, texts)
             first_batch = first_batch or batch
@@ -223,21 +194,20 @@ class TempLoRA:
                 record.loss_before = record.loss
             reason = self._guard(record.loss, record.grad_norm)
             if reason:
-                return self._roll_back(snapshot, record, reason, keep)
+                return self._roll_back(snapshot, record, reason)
             for p, gr in zip(self.params, grads):
                 p.grad = gr
             self.optimizer.step()  # Alg. 1a l.14: Theta_{i+1} <- Theta_i - alpha grad
             self.optimizer.zero_grad(set_to_none=True)
             if not all(torch.isfinite(p).all() for p in self.params):
-                return self._roll_back(snapshot, record, "non-finite LoRA weights after the step", keep)
+                return self._roll_back(snapshot, record, "non-finite LoRA weights after the step")
         if s.loss_guard:  # divergence: the update made its own first batch worse, not better
             with torch.no_grad():
                 record.loss_after = float(self._loss(*first_batch))
             if not record.loss_after <= s.loss_guard * record.loss_before:  # also catches NaN
                 return self._roll_back(snapshot, record, f"loss on its own batch rose from {record.loss_before:.4g} "
-                                       f"to {record.loss_after:.4g} (> {s.loss_guard} x)", keep)
-        if keep:
-            self.history.append(record)
+                                       f"to {record.loss_after:.4g} (> {s.loss_guard} x)")
+        self.history.append(record)
         return record
 
     def _loss(self, z0, n_clean, t, noise, cond) -> torch.Tensor:
@@ -265,7 +235,7 @@ class TempLoRA:
                 "adam": {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
                          for p, s in self.optimizer.state.items()}}
 
-    def _roll_back(self, snapshot: dict, record: UpdateRecord, reason: str, keep: bool = True) -> UpdateRecord:
+    def _roll_back(self, snapshot: dict, record: UpdateRecord, reason: str) -> UpdateRecord:
         with torch.no_grad():
             for p, saved in zip(self.params, snapshot["params"]):
                 p.copy_(saved)
@@ -277,8 +247,7 @@ class TempLoRA:
         self.optimizer.zero_grad(set_to_none=True)
         record.rolled_back, record.reason = True, reason
         log.warning("Temp-LoRA update at chunk %d rolled back: %s", record.chunk, reason)
-        if keep:
-            self.history.append(record)
+        self.history.append(record)
         return record
 
     # -- the memory on disk (safetensors: data, never code; storage.py) --------------------------------------

@@ -24,8 +24,7 @@ def save_memory(learner: Any, path: str | Path, extra: dict[str, torch.Tensor] |
 
     s = learner.settings
     meta = {"rank": s.rank, "target_modules": list(s.target_modules) if not isinstance(s.target_modules, str)
-            else s.target_modules, "chunks_seen": learner.chunks_seen, "settings": json.dumps(asdict(s), default=str),
-            "pending_write": learner._pending is not None}
+            else s.target_modules, "chunks_seen": learner.chunks_seen, "settings": json.dumps(asdict(s), default=str)}
     tensors = {f"lora.{k}": v for k, v in learner.lora.state_dict().items()}
     for i, p in enumerate(learner.params):  # the optimizer's state ("adam" in the keys: files of earlier versions)
         tensors.update({f"adam.{i}.{k}": torch.as_tensor(v) for k, v in learner.optimizer.state.get(p, {}).items()})
@@ -63,11 +62,4 @@ def load_memory(learner: Any, path: str | Path) -> dict[str, torch.Tensor]:
     learner.chunks_seen = int(meta.get("chunks_seen", 0))
     episode = learner.episode = Episode()
     episode.load_tensors({k[8:]: v for k, v in tensors.items() if k.startswith("episode.")}, device)
-    learner._pending = learner._consolidated = None
-    if meta.get("pending_write") and episode.clip:  # the write it owed (before-read): the last clip, from the episode
-        length, n_input = episode.clip
-        text = episode.texts[-1][0]
-        cond = text if s.text_condition == "action" else episode.null
-        learner._pending = (episode.frames()[:, :, -length:].to(device), n_input, text, cond, episode.null,
-                            learner.chunks_seen - 1)
     return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
