@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,9 @@ def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: Any, 
         enable_model_summary=False, inference_mode=False,
     )
     loader = DataLoader(episodes, batch_size=1, collate_fn=collate_episode)
-    shown, system.generator.progress = system.generator.progress, progress  # predict: a bar per episode; this: per chunk
+    # predict's bar moves per episode; the generator's per chunk, in a terminal only (in a notebook it would write
+    # into Lightning's rich console, which renders through IPython's display and recurses)
+    shown, system.generator.progress = system.generator.progress, progress and sys.stderr.isatty()
     try:
         return trainer.predict(system, dataloaders=loader)
     finally:
