@@ -143,7 +143,7 @@ class TempLoRASettings:
 # the way back from each), clean context under the action's text. "episodic-gated": "episodic" written twice as long
 # on twice the clips (60 steps of 24) and read only where the memory recognises the chunk's start (read_gate 1: its
 # nearest rehearsed clip under the chunk's action starts nearer than the median clip), Search 12. "episodic-fast":
-# the same memory at a twentieth of the update's work (Search 13): 20 steps of at most 8 clips, LoRA+ (B at 8x A's
+# the same memory at an eighteenth of the update's work (Search 13): 20 steps of at most 8 clips, LoRA+ (B at 8x A's
 # rate) and no update after a chunk the memory recognised.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(rank=32, lr=1e-4, steps_per_chunk=1),
