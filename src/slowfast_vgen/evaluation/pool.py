@@ -16,6 +16,7 @@ same episodes would; the pooled test stays a valid paired test, it is not bit-id
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +147,10 @@ def run_memory(path: str | Path) -> dict[str, Any]:
     gap, damage, p = memory["gap_closed"], memory["damage_other_frames_db"], diff["p"]
     timed = (run.get("settings") or {}).get("generation_seconds") or {}
     ratio = timed.get("ratio", float("nan"))
+    clears = clears_memory_bar(gap, p, damage)
     return {"gap_closed": gap, "damage_db": damage, "revisit_psnr_db": diff["mean"], "p": p, "n": diff["n"],
-            "n_episodes": run.get("n_episodes", diff["n"]), "time_ratio": ratio,
-            "clears_bar": clears_memory_bar(gap, p, damage),
-            "clears_price_bar": clears_memory_bar(gap, p, damage) and gap >= MIN_GAP_CLOSED_AT_PRICE
-            and ratio <= MAX_TIME_RATIO}
+            "n_episodes": run.get("n_episodes", diff["n"]), "time_ratio": ratio, "clears_bar": clears,
+            "clears_price_bar": clears and gap >= MIN_GAP_CLOSED_AT_PRICE and ratio <= MAX_TIME_RATIO}
 
 
 def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation",
@@ -171,9 +171,10 @@ def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-
         raise UserInputError(f"plot: against {against!r}; expected 'damage' or 'time'")
     rows = [{"label": label, "file": str(file), **run_memory(file)} for label, file in runs.items()]
     by_time = against == "time"
-    if by_time and any(r["time_ratio"] != r["time_ratio"] for r in rows):
-        raise UserInputError("plot --against time: " + ", ".join(r["file"] for r in rows if r["time_ratio"] !=
-                             r["time_ratio"]) + " record no generation_seconds (written by `sfvgen demo` since issue 36)")
+    untimed = [r["file"] for r in rows if math.isnan(r["time_ratio"])]
+    if by_time and untimed:
+        raise UserInputError(f"plot --against time: {', '.join(untimed)} record no generation_seconds (written by "
+                             "`sfvgen demo` since issue 36)")
     x_of = (lambda r: r["time_ratio"]) if by_time else (lambda r: r["damage_db"])  # noqa: E731
     x_bar, gap_bar, passes = ((MAX_TIME_RATIO, MIN_GAP_CLOSED_AT_PRICE, "clears_price_bar") if by_time else
                               (MAX_DAMAGE_DB, MIN_GAP_CLOSED, "clears_bar"))

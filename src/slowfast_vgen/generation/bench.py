@@ -2,8 +2,9 @@
 
 Each mode (without / with Temp-LoRA) runs in a fresh subprocess so that peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``, on CPU the process's peak resident set size. Sampling follows the paper
-(DPM-Solver 20 steps) at the preset's guidance, as ``sfvgen demo`` runs it (three-way 2 / 5 for ``paper``); Temp-LoRA takes the options of every command (``--temp-lora PRESET`` and
-overrides; ``--temp-lora paper`` is Table 3's setting: rank 32, one update per chunk).
+(DPM-Solver 20 steps) at the preset's guidance, as ``sfvgen demo`` runs it (three-way 2 / 5 for ``paper``);
+Temp-LoRA takes the options of every command (``--temp-lora PRESET`` and overrides; ``--temp-lora paper`` is Table
+3's setting: rank 32, one update per chunk).
 """
 
 from __future__ import annotations

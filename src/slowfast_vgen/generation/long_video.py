@@ -131,14 +131,13 @@ class LongVideoGenerator:
         bar = tqdm(actions, desc="chunks", unit="chunk", leave=False,
                    disable=not (self.progress if progress is None else progress))
         for i, item in enumerate(bar):
-            start = time.perf_counter()
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
             read, recognition = False, math.nan
             if self.temp_lora is not None:  # the read policy: Phi + Theta (l.8), or Phi alone where it withholds Theta
                 read, recognition = self.temp_lora.reads(context, text)
                 self.temp_lora.set_enabled(read)
-            start_sampling = time.perf_counter()
+            start = time.perf_counter()  # the sampling's (the read policy's lookup is not timed)
             merge = read and self.merge_for_sampling and not sharded
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
                 z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
@@ -152,7 +151,7 @@ class LongVideoGenerator:
                 update = self.temp_lora.update(context, new, null, text, back_text, recognised=read)
                 update.read, update.recognition = read, recognition
                 updated = time.perf_counter() - sampled
-                bar.set_postfix_str(f"sampling {sampled - start_sampling:.1f} s, update {updated:.1f} s"
+                bar.set_postfix_str(f"sampling {sampled - start:.1f} s, update {updated:.1f} s"
                                     + (", Theta read" if read else "") + ("" if update.written else ", not written"),
                                     refresh=False)
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update,
