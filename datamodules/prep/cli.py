@@ -14,6 +14,11 @@ from typing import Any
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError, positive_int
 
+RECORD_ENVS = ("vizdoom", "memory-maze")
+# the options of one simulator (argparse dest -> flag); the other simulator refuses them
+RECORD_OPTIONS = {"vizdoom": {"policy": "--policy", "loops": "--loops", "scenario": "--scenario", "map": "--map",
+                              "resolution": "--resolution"},
+                  "memory-maze": {"maze": "--maze", "patterns": "--patterns", "max_steps": "--max-steps"}}
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
 
 
@@ -53,6 +58,7 @@ GT_OUT_HELP = ("also gather X.poses.{jsonl,csv} sidecars (frame, pose fields, op
 
 def build_parser() -> argparse.ArgumentParser:
     from slowfast_vgen.datamodules.shards.videoio import PIX_FMTS, VIDEO_KINDS
+    from slowfast_vgen.simulators.memory_maze import MAZES, PATTERNS
     from slowfast_vgen.simulators.vizdoom import POLICIES
 
     parser = ArgumentParser(prog="sfvgen data", description="Turn videos and action logs into shards; check shards.")
@@ -88,15 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards")
     p.add_argument("--deep", action="store_true", help="also parse metadata and decode every video")
 
-    p = sub.add_parser("record", help="record ViZDoom revisit episodes straight into shards (the Game domain)")
+    p = sub.add_parser("record", help="record revisit episodes straight into shards (the Game domain): ViZDoom "
+                                      "(default) or Memory Maze")
     p.add_argument("out")
+    p.add_argument("--env", choices=RECORD_ENVS, default="vizdoom", help="the simulator (docs/data-format.md)")
     p.add_argument("--episodes", type=positive_int, default=100)
-    p.add_argument("--policy", choices=POLICIES, default="mixed")
-    p.add_argument("--loops", type=positive_int, default=1, help="leave-and-return trips per episode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scenario", default="my_way_home", help="a ViZDoom scenario name or a .wad path")
-    p.add_argument("--map", default="map01")
-    p.add_argument("--resolution", default="160x120", help="ViZDoom screen resolution, e.g. 160x120, 320x240")
+    p.add_argument("--seed", type=int, default=0, help="memory-maze: 0 for train, 1 for test (disjoint mazes)")
+    doom = p.add_argument_group("ViZDoom (--env vizdoom)")
+    doom.add_argument("--policy", choices=POLICIES, default=None, help="default: mixed")
+    doom.add_argument("--loops", type=positive_int, default=None, help="leave-and-return trips per episode (1)")
+    doom.add_argument("--scenario", default=None, help="a ViZDoom scenario name or a .wad path (my_way_home)")
+    doom.add_argument("--map", default=None, help="default: map01")
+    doom.add_argument("--resolution", default=None, help="ViZDoom screen resolution, e.g. 160x120 (default), 320x240")
+    maze = p.add_argument_group("Memory Maze (--env memory-maze; 64x64 frames)")
+    maze.add_argument("--maze", default=None, help=f"maze size: {', '.join(MAZES)} (default: 9x9)")
+    maze.add_argument("--patterns", default=None,
+                      help=f"revisit patterns, comma-separated, one episode each in turn ({','.join(PATTERNS)})")
+    maze.add_argument("--max-steps", type=positive_int, default=None, help="steps per episode at most (600)")
     p.add_argument("--video", choices=VIDEO_KINDS, default="mp4-lossless")
     p.add_argument("--shard-size", type=_bytes_arg, default="64MB")
     p.add_argument("--limit-shards", type=positive_int, default=None)
@@ -134,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _record(args: argparse.Namespace) -> dict[str, Any]:
+    """``record``: the chosen simulator's recorder, with only its own options (the other one's are refused)."""
+    other = [flag for env, opts in RECORD_OPTIONS.items() if env != args.env for dest, flag in opts.items()
+             if getattr(args, dest) is not None]
+    if other:
+        raise UserInputError(f"record --env {args.env} does not take {', '.join(other)} (another simulator's); it "
+                             f"takes {', '.join(RECORD_OPTIONS[args.env].values())}")
+    own = {dest: getattr(args, dest) for dest in RECORD_OPTIONS[args.env] if getattr(args, dest) is not None}
+    common = {"episodes": args.episodes, "seed": args.seed, "video": args.video, "shard_bytes": args.shard_size,
+              "limit_shards": args.limit_shards, "overwrite": args.overwrite, "progress": not args.no_progress}
+    if args.env == "memory-maze":
+        from slowfast_vgen.datamodules.prep.record_maze import record_maze_shards
+
+        return record_maze_shards(args.out, **own, **common)
+    from slowfast_vgen.datamodules.prep.record import record_shards
+
+    if "map" in own:
+        own["doom_map"] = own.pop("map")
+    return record_shards(args.out, **own, **common)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "build":
@@ -152,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1))
         return 0 if out["ok"] else 1
     elif args.command == "record":
-        from slowfast_vgen.datamodules.prep.record import record_shards
-
-        out = record_shards(args.out, episodes=args.episodes, policy=args.policy, seed=args.seed, loops=args.loops,
-                            scenario=args.scenario, doom_map=args.map, resolution=args.resolution, video=args.video,
-                            shard_bytes=args.shard_size, limit_shards=args.limit_shards, overwrite=args.overwrite,
-                            progress=not args.no_progress)
+        out = _record(args)
     elif args.command == "convert":
         from slowfast_vgen.datamodules.prep import convert
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -16,6 +16,26 @@ from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.simulators.vizdoom import (  # noqa: F401 (re-exported)
     ACTIONS, POLICIES, REVERSE, TURN_STEP, DoomRecorder, _spans, plan_leave,
 )
+
+
+def write_episodes(writer: ShardSetWriter, names: list[str], record: Callable[[int, str], None],
+                   progress: bool = True) -> dict[str, Any]:
+    """Call ``record(i, name)`` (which writes episode ``name`` with ``writer``) for each episode not written yet,
+    then finish the set; returns the manifest. ``--limit-shards`` or an error leave a resumable partial set."""
+    from tqdm import tqdm
+
+    try:
+        for i, name in enumerate(tqdm(names, unit="episode", disable=not progress, file=sys.stderr,
+                                      dynamic_ncols=True)):
+            if not writer.episode_done(name):
+                record(i, name)
+        return writer.finish()
+    except StopWriting:
+        writer.abort()
+        return writer.manifest
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def record_shards(
@@ -36,8 +56,6 @@ def record_shards(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Record ``episodes`` revisit episodes straight into a shard set (resumable); returns a summary."""
-    from tqdm import tqdm
-
     if policy not in POLICIES:
         raise UserInputError(f"policy {policy!r}: expected one of {POLICIES}")
     if episodes < 1 or loops < 1:
@@ -52,34 +70,26 @@ def record_shards(
         return {**summary, "complete": True, "note": "already complete; nothing to do"}
     t0 = time.perf_counter()
     recorder = DoomRecorder(scenario, doom_map, resolution, seed)
-    revisits, exact, frames = 0, 0, 0
+    counts = {"frames": 0, "revisits": 0, "exact_revisits": 0}
+
+    def record(i: int, name: str) -> None:
+        recorder.game.set_seed(stable_seed("doom-episode", seed, i) % (2**31))
+        ep = recorder.record_episode(policy, np.random.default_rng(stable_seed("doom-policy", seed, i)), loops)
+        poses = np.round(ep["poses"], 4).tolist()
+
+        def gt(start: int, stop: int) -> dict[str, Any]:
+            return {"pose_names": ["x", "y", "z", "angle"], "pose": poses[start:stop],
+                    "revisits": [r for r in ep["revisits"] if start <= r["frame"] < stop]}
+
+        writer.write_episode(name, iter(ep["frames"]), 35.0, _spans(ep["labels"]), "game", False, gt,
+                             {"scenario": scenario, "map": doom_map, "policy": policy})
+        counts["frames"] += len(ep["frames"])
+        counts["revisits"] += len(ep["revisits"])
+        counts["exact_revisits"] += sum(r["exact"] for r in ep["revisits"])
+
     try:
-        for i in tqdm(range(episodes), unit="episode", disable=not progress, file=sys.stderr, dynamic_ncols=True):
-            name = f"doom-{seed}-{i:05d}"
-            if writer.episode_done(name):
-                continue
-            recorder.game.set_seed(stable_seed("doom-episode", seed, i) % (2**31))
-            ep = recorder.record_episode(policy, np.random.default_rng(stable_seed("doom-policy", seed, i)), loops)
-            poses = np.round(ep["poses"], 4).tolist()
-
-            def gt(start: int, stop: int, ep: dict = ep, poses: list = poses) -> dict[str, Any]:
-                return {"pose_names": ["x", "y", "z", "angle"], "pose": poses[start:stop],
-                        "revisits": [r for r in ep["revisits"] if start <= r["frame"] < stop]}
-
-            writer.write_episode(name, iter(ep["frames"]), 35.0, _spans(ep["labels"]), "game", False, gt,
-                                 {"scenario": scenario, "map": doom_map, "policy": policy})
-            frames += len(ep["frames"])
-            revisits += len(ep["revisits"])
-            exact += sum(r["exact"] for r in ep["revisits"])
-        manifest = writer.finish()
-    except StopWriting:
-        writer.abort()
-        manifest = writer.manifest
-    except BaseException:
-        writer.abort()
-        raise
+        manifest = write_episodes(writer, [f"doom-{seed}-{i:05d}" for i in range(episodes)], record, progress)
     finally:
         recorder.close()
     return {**summary, "complete": bool(manifest["complete"]), "seconds": round(time.perf_counter() - t0, 2),
-            "frames": frames, "revisits": revisits, "exact_revisits": exact,
-            **{k: manifest[k] for k in ("num_shards", "num_samples", "num_episodes")}}
+            **counts, **{k: manifest[k] for k in ("num_shards", "num_samples", "num_episodes")}}
