@@ -93,7 +93,7 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
     lora = results["settings"]["temp_lora"]
     assert lora["read_gate"] == 1.0 and lora["write"] == "rehearsal" and lora["turns"] and lora["steps_per_chunk"] == 2
     assert lora["preset"] == "episodic-fast" and lora["reverse_actions"]["go left"] == "go right"  # the world's
-    assert lora["lr_ratio"] == 8.0 and lora["write_where"] == "new-ground"
+    assert lora["lr_ratio"] == 8.0 and lora["write_where"] == "new-ground" and lora["lr"] == 1.5e-3
     assert results["settings"]["guidance"] == {"image": 1.0, "text": 1.0}
     for episode in results["episodes"]:  # which chunks read Theta, and why (chunk 0: nothing written yet)
         assert 0 not in episode["theta_read_chunks_with"] and episode["recognition_with"][0] is None

@@ -143,16 +143,16 @@ class TempLoRASettings:
 # the way back from each), clean context under the action's text. "episodic-gated": "episodic" written twice as long
 # on twice the clips (60 steps of 24) and read only where the memory recognises the chunk's start (read_gate 1: its
 # nearest rehearsed clip under the chunk's action starts nearer than the median clip), Search 12. "episodic-fast":
-# the same memory at an eighteenth of the update's work (Search 13): 20 steps of at most 8 clips, LoRA+ (B at 8x A's
-# rate) and no update after a chunk the memory recognised.
+# the same memory at an eighteenth of the update's work (Searches 13-14): 20 steps of at most 8 clips at lr 1.5e-3,
+# LoRA+ (B at 8x A's rate) and no update after a chunk the memory recognised.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(rank=32, lr=1e-4, steps_per_chunk=1),
     "episodic": dict(rank=32, lr=1e-3, steps_per_chunk=30, write="rehearsal", draws=12, reverse=True, turns=True,
                      clean_context=4, text_condition="action", explode_factor=math.inf),
 }
 PRESETS["episodic-gated"] = dict(PRESETS["episodic"], steps_per_chunk=60, draws=24, read_gate=1.0)
-PRESETS["episodic-fast"] = dict(PRESETS["episodic"], steps_per_chunk=20, draws=8, lr_ratio=8.0, read_gate=1.0,
-                                write_where="new-ground")
+PRESETS["episodic-fast"] = dict(PRESETS["episodic"], lr=1.5e-3, steps_per_chunk=20, draws=8, lr_ratio=8.0,
+                                read_gate=1.0, write_where="new-ground")
 # The guidance scales (image, text) each preset was measured with: the paper's 2 / 5 (App. C.1); the rehearsal's
 # memory was found and measured unguided (docs/memory.md, Searches 11-12).
 PRESET_GUIDANCE: dict[str, tuple[float, float]] = {"paper": (2.0, 5.0), "episodic": (1.0, 1.0),
