@@ -26,7 +26,8 @@ benchmark, the tables and the slow-fast loop (Alg. 1b) consume. A dict with
 * ``seed``: int, the episode's number (the generation seed derives from it);
 * optional: ``revisits`` (pairs ``(i, [j, ...])``: frame j shows the place of earlier frame i), ``positions`` or
   ``poses`` (one row per frame), ``fps`` (frames per second), ``domain`` (e.g. ``"world"``, ``"vizdoom"``),
-  ``episode`` (a name), task extras (``steps``, ``info``).
+  ``episode`` (a name), ``pattern`` (a recording's revisit pattern, e.g. Memory Maze's ``loop``: the revisit
+  benchmark's statistics are split by it), task extras (``steps``, ``info``).
 """
 
 from __future__ import annotations

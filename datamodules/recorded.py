@@ -3,9 +3,21 @@
 The built-in world's benchmark (:class:`~slowfast_vgen.datamodules.world.WorldRevisitDataset`) knows the camera
 of every pixel; a recording knows the pose of every frame. So here a revisit is a whole frame: frame ``j`` of
 the generated video revisits frame ``i < j`` when their poses agree (position, the fields named x/y/z, within
-``pose_tolerance`` map units; angle, the field named angle or yaw, within ``angle_tolerance`` degrees), and it *needs memory* when no context frame of ``j``'s chunk
-is at that pose (the place has left the window, paper Sec. 3.2). Explicit revisits in the ground truth (the
-recorder's exact warp-back) count the same way. Only frames that need memory are benchmark revisits.
+``pose_tolerance``; angle, the field named angle or yaw, within ``angle_tolerance`` degrees), and it *needs
+memory* when no context frame of ``j``'s chunk is at that pose (the place has left the window, paper Sec. 3.2).
+Explicit revisits in the ground truth (the recorder's pairs) count the same way. Only frames that need memory
+are benchmark revisits.
+
+The tolerances are the data's own when its ground truth declares them (``gt.tolerance``, :data:`TOLERANCE_KEYS`;
+Memory Maze: 0.25 cell and 15 degrees, with the "been away" rule below), else ViZDoom's (4 map units, the same
+angle: its returns are exact warps); an explicit ``pose_tolerance`` / ``angle_tolerance`` overrides them.
+
+Memory Maze (:mod:`slowfast_vgen.simulators.memory_maze`): the recorder's frame ``t`` revisits frame ``s`` only
+when the agent has been away in between (a frame farther than ``away_distance`` from ``s``'s position or turned
+more than ``away_angle`` from its heading). With ``away_distance`` / ``away_angle`` declared, the benchmark pairs
+``j`` with the earliest ``i`` under that same rule (:func:`~slowfast_vgen.simulators.memory_maze.been_away`), so
+every benchmark revisit is a recorder revisit whose first visit lies before ``j``'s chunk, and the benchmark adds
+its own condition on top: the window must not show the place.
 
 Chunks follow the recording's action spans: a span of ``n`` frames becomes chunks of at most ``chunk_frames``
 frames, each generated under the span's action (``(text, n_frames)``, as
@@ -14,7 +26,8 @@ frame is generated.
 
 Item (the same contract as the world's revisit episodes): ``first`` (1, C, H, W), ``frames`` (T, C, H, W) real,
 ``actions`` ``[(text, n_frames), ...]``, ``revisits`` ``[(first_visit, [later, ...])]``, ``seed`` (the episode's
-index), ``episode`` (its name), ``poses`` (T, P) and ``pose_names``.
+index), ``episode`` (its name), ``poses`` (T, P) and ``pose_names``, ``tolerance`` (the tolerances used) and,
+when the recording declares one, ``pattern`` (the episode's revisit pattern, e.g. Memory Maze's ``loop``).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from torch.utils.data import Dataset
 from slowfast_vgen.datamodules.shards.read import ShardEpisodeDataset, episode_chunks
 from slowfast_vgen.datamodules.shards.format import BadSample
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.simulators.memory_maze import been_away
 
 
 def chunk_starts(n_frames: int, chunks: list[tuple[int, int, str]]) -> np.ndarray:
@@ -41,6 +55,9 @@ def chunk_starts(n_frames: int, chunks: list[tuple[int, int, str]]) -> np.ndarra
 
 
 POSITION_NAMES = ("x", "y", "z")
+# the benchmark's tolerances when the data declares none: ViZDoom's (map units; its returns warp back exactly)
+DEFAULT_TOLERANCE = {"position": 4.0, "angle": 1e-3, "away_distance": None, "away_angle": None}
+TOLERANCE_KEYS = tuple(DEFAULT_TOLERANCE)  # gt "tolerance": {"position", "angle", "away_distance", "away_angle"}
 ANGLE_NAMES = ("angle", "yaw")
 
 
@@ -65,26 +82,34 @@ def pose_revisits(
     pose_tolerance: float = 4.0,
     angle_tolerance: float = 1e-3,
     explicit: list[tuple[int, int]] = (),
+    away_distance: float | None = None,
+    away_angle: float | None = None,
 ) -> list[tuple[int, list[int]]]:
     """Revisit groups ``[(first_visit, [later, ...])]`` of the frames that need memory.
 
     ``positions`` (T, k), ``angles`` (T,) in degrees or None (see :func:`split_pose`); ``starts`` from
-    :func:`chunk_starts`. Frame ``j`` (a generated frame) revisits the earliest frame ``i`` whose pose matches
-    (distance <= ``pose_tolerance``, angles within ``angle_tolerance``); it needs memory when none of the
-    ``context_frames`` frames before its chunk matches it. ``explicit`` (later, first) pairs are added under the
-    same memory rule.
+    :func:`chunk_starts`. Frame ``j`` (a generated frame) revisits the earliest frame ``i`` before its chunk whose
+    pose matches (distance <= ``pose_tolerance``, angles within ``angle_tolerance``) and, with ``away_distance``
+    or ``away_angle``, after which some frame before ``j`` was away from ``i``'s pose (Memory Maze's rule,
+    :func:`~slowfast_vgen.simulators.memory_maze.been_away`); it needs memory when none of the ``context_frames``
+    frames before its chunk matches it. ``explicit`` (later, first) pairs are added under the same memory rule.
     """
     if positions.ndim != 2 or len(positions) != len(starts) or (angles is not None and len(angles) != len(starts)):
         raise UserInputError(f"pose_revisits: positions must be (T, k) with T = {len(starts)} frames, got "
                              f"{tuple(positions.shape)}")
-    if pose_tolerance < 0 or angle_tolerance < 0:
-        raise UserInputError(f"pose_revisits: tolerances must be >= 0, got {pose_tolerance} and {angle_tolerance}")
-    dist = np.sqrt(((positions[:, None, :] - positions[None, :, :]) ** 2).sum(-1))
-    match = dist <= pose_tolerance  # (T, T), symmetric
-    if angles is not None:
-        match &= np.abs((angles[:, None] - angles[None, :] + 180.0) % 360.0 - 180.0) <= angle_tolerance
+    if min(pose_tolerance, angle_tolerance, *(t for t in (away_distance, away_angle) if t is not None)) < 0:
+        raise UserInputError(f"pose_revisits: tolerances must be >= 0, got {pose_tolerance}, {angle_tolerance}, "
+                             f"away {away_distance} and {away_angle}")
+    dist = np.sqrt(((positions[:, None, :] - positions[None, :, :]) ** 2).sum(-1))  # (T, T)
+    turn = None if angles is None else np.abs((angles[:, None] - angles[None, :] + 180.0) % 360.0 - 180.0)  # (T, T)
+    match = dist <= pose_tolerance  # (T, T), symmetric: the same place
+    if turn is not None:
+        match &= turn <= angle_tolerance
+    revisit = match.copy()  # revisit[i, j]: j may revisit i
+    if away_distance is not None or away_angle is not None:  # ... only after being away (the recorder's rule)
+        revisit &= been_away(dist, turn, away_distance, away_angle)
     for j, i in explicit:
-        match[j, i] = match[i, j] = True
+        match[j, i] = match[i, j] = revisit[i, j] = True
     groups: dict[int, list[int]] = {}
     for j in range(len(positions)):
         s = int(starts[j])
@@ -93,7 +118,7 @@ def pose_revisits(
         context = range(max(0, s - context_frames), s)
         if any(match[j, k] for k in context):
             continue  # the context shows this place: copying, not memory
-        earlier = np.flatnonzero(match[j, :s])
+        earlier = np.flatnonzero(revisit[:s, j])
         if len(earlier):
             groups.setdefault(int(earlier[0]), []).append(j)
     return sorted(groups.items())
@@ -104,6 +129,7 @@ class RecordedRevisitDataset(Dataset):
 
     ``episodes``: how many (the first ones, in manifest order; default all). Episodes without any frame that
     needs memory are kept (they score NaN on the revisit scores and are left out of the paired statistics).
+    ``pose_tolerance`` / ``angle_tolerance``: None takes the data's (module docstring), a number overrides it.
     """
 
     def __init__(
@@ -113,13 +139,16 @@ class RecordedRevisitDataset(Dataset):
         chunk_frames: int = 4,
         context_frames: int = 4,
         episodes: int | None = None,
-        pose_tolerance: float = 4.0,
-        angle_tolerance: float = 1e-3,
+        pose_tolerance: float | None = None,
+        angle_tolerance: float | None = None,
         first_episode: int = 0,
         require_poses: bool = True,
     ) -> None:
         if chunk_frames < 1 or context_frames < 1:
             raise UserInputError(f"chunk_frames and context_frames must be >= 1, got {chunk_frames} and {context_frames}")
+        for name, value in (("pose_tolerance", pose_tolerance), ("angle_tolerance", angle_tolerance)):
+            if value is not None and value < 0:
+                raise UserInputError(f"{name} {value}: expected >= 0, or None for the data's own tolerance")
         self.source = ShardEpisodeDataset(roots, resolution)
         total = len(self.source)
         if not 0 <= first_episode < total or (episodes is not None and not 1 <= episodes <= total):
@@ -135,6 +164,14 @@ class RecordedRevisitDataset(Dataset):
 
     def __len__(self) -> int:
         return self.num_episodes
+
+    def tolerance(self, gt: dict[str, Any] | None) -> dict[str, float | None]:
+        """The tolerances of an episode whose ground truth is ``gt``: the data's ``tolerance`` where it declares
+        them, else :data:`DEFAULT_TOLERANCE`; ``pose_tolerance`` / ``angle_tolerance`` given here override both."""
+        declared = (gt or {}).get("tolerance") or {}
+        out = {k: declared.get(k, DEFAULT_TOLERANCE[k]) for k in TOLERANCE_KEYS}
+        explicit = {"position": self.pose_tolerance, "angle": self.angle_tolerance}
+        return {**out, **{k: float(v) for k, v in explicit.items() if v is not None}}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_episodes:
@@ -154,18 +191,21 @@ class RecordedRevisitDataset(Dataset):
         if not chunks or chunks[0][0] != 1 or any(a != b for (_, b, _), (a, _, _) in zip(chunks, chunks[1:])):
             raise UserInputError(f"episode {ep['episode']!r}: its actions must label every frame after the first "
                                  f"without gaps or overlaps, got spans {ep['actions'][:4]}...")
-        names = ep["gt"][0].get("pose_names") if ep["gt"] else None
+        gt = ep["gt"][0] if ep["gt"] else {}
+        names, tolerance = gt.get("pose_names"), self.tolerance(gt)
         revisits: list[tuple[int, list[int]]] = []
         if has_poses:  # without poses (allowed for the slow-fast loop, which needs no benchmark): no revisits
             positions, angles = split_pose(np.asarray(poses, dtype=np.float64), names)
             revisits = pose_revisits(positions, angles, chunk_starts(len(video), chunks), self.context_frames,
-                                     self.pose_tolerance, self.angle_tolerance,
-                                     [(j, i) for i, js in ep["revisits"] for j in js])
+                                     tolerance["position"], tolerance["angle"],
+                                     [(j, i) for i, js in ep["revisits"] for j in js],
+                                     tolerance["away_distance"], tolerance["away_angle"])
         end = chunks[-1][1]
         return {"first": video[:1], "frames": video[:end], "actions": [(t, b - a) for a, b, t in chunks],
                 "revisits": [(i, [j for j in js if j < end]) for i, js in revisits], "seed": self.first_episode + index,
                 "episode": ep["episode"], "pose_names": names, "domain": ep["domain"], "fps": float(ep["fps"]),
-                "poses": torch.tensor(poses[:end] if has_poses else [], dtype=torch.float64)}
+                "poses": torch.tensor(poses[:end] if has_poses else [], dtype=torch.float64),
+                "tolerance": tolerance, **({"pattern": str(gt["pattern"])} if gt.get("pattern") else {})}
 
 
 class ShardLoopDataModule(L.LightningDataModule):

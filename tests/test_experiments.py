@@ -67,6 +67,8 @@ def test_experiment_instantiates_and_runs_a_cpu_fast_dev_run(path: Path, tmp_pat
     monkeypatch.setenv("SHARDS", str(tiny_shards))
     monkeypatch.setenv("DOOM_SHARDS", str(tiny_shards))
     monkeypatch.setenv("DOOM_VAL_SHARDS", str(tiny_shards))
+    monkeypatch.setenv("MAZE_SHARDS", str(tiny_shards))
+    monkeypatch.setenv("MAZE_VAL_SHARDS", str(tiny_shards))
     monkeypatch.chdir(tmp_path)  # runs/ and logs land in the temporary folder
     cli = load_experiment(str(path), CPU + SHRINK.get(path.name, []))
     assert cli.model is not None and cli.datamodule is not None
@@ -84,3 +86,16 @@ def test_experiment_strategy_as_written_instantiates(path: Path):
     parser.add_argument("--strategy", type=Strategy)
     built = parser.instantiate(parser.parse_object({"strategy": strategy})).strategy
     assert type(built).__name__ == strategy["class_path"].rsplit(".", 1)[1]
+
+
+def test_maze_from_world_tells_the_maze_actions_apart(monkeypatch, tmp_path, tiny_shards):
+    """Memory Maze's six action texts reach the recipe's text encoder as six different embeddings."""
+    from slowfast_vgen.simulators.memory_maze import ACTIONS
+
+    monkeypatch.setenv("MAZE_SHARDS", str(tiny_shards))
+    monkeypatch.setenv("MAZE_VAL_SHARDS", str(tiny_shards))
+    monkeypatch.chdir(tmp_path)
+    cli = load_experiment(str(REPO / "experiments" / "maze_from_world.yaml"), CPU)
+    assert cli.datamodule.hparams["resolution"] == "16x16"
+    embeddings = cli.model.text_encoder(list(ACTIONS)).flatten(1)  # (6, L * D)
+    assert len({tuple(e.tolist()) for e in embeddings}) == len(ACTIONS) == 6

@@ -111,3 +111,61 @@ def test_the_price_plot_places_runs_by_time_ratio_and_pooling_sums_the_arms_time
     assert "time 2.4x  clears the bar" in capsys.readouterr().out
     with pytest.raises(UserInputError, match="record no generation_seconds"):
         plot_runs({"old": RUN}, tmp_path / "x.png", against="time")
+
+
+def _episode(seed: int, pattern: str | None, revisit_mse: float, other_psnr: float = 20.0):
+    import torch
+
+    from slowfast_vgen.evaluation.revisit import EpisodeResult
+
+    video = torch.zeros(3, 3, 4, 4)  # (T, C, H, W)
+    psnr = -10 * math.log10(revisit_mse) if revisit_mse == revisit_mse else math.nan
+    scores = {"SRC": 90.0, "SCuts": 0.0, "PSNR": 20.0, "SSIM": 50.0, "Revisit PSNR": psnr, "Revisit MSE": revisit_mse,
+              "Other PSNR": other_psnr}
+    return EpisodeResult(seed, video, video, [], scores=scores, pattern=pattern)
+
+
+def test_memory_by_revisit_pattern_in_a_report_and_in_its_pool(tmp_path, capsys):
+    from slowfast_vgen.evaluation.report import revisit_statistics, write_report
+
+    # loop: the error halves in both episodes; retrace: unchanged in one, a third off in the other, one without
+    # a frame that needs memory (NaN); one episode of an older recording without a pattern
+    rows = [(0, "loop", 0.04, 0.02), (1, "loop", 0.02, 0.01), (2, "retrace", 0.03, 0.03),
+            (3, "retrace", 0.03, 0.02), (4, "retrace", math.nan, math.nan), (5, None, 0.05, 0.01)]
+    without = [_episode(seed, p, a) for seed, p, a, _ in rows]
+    with_lora = [_episode(seed, p, b, other_psnr=19.5) for seed, p, _, b in rows]
+    stats = revisit_statistics(without, with_lora)
+    by_pattern = stats["memory_by_pattern"]
+    assert list(by_pattern) == ["loop", "retrace"]  # the unlabelled episode is in no row
+    loop, retrace = by_pattern["loop"], by_pattern["retrace"]
+    assert loop["n_episodes"] == 2 and loop["revisit_psnr"]["n"] == 2 and retrace["revisit_psnr"]["n"] == 2
+    assert loop["revisit_mse"]["floor_no_memory"] == pytest.approx(0.03)
+    assert loop["gap_closed"] == pytest.approx(0.5) and retrace["gap_closed"] == pytest.approx(0.5 / 3)
+    assert loop["revisit_psnr"]["mean"] == pytest.approx(10 * math.log10(2))
+    assert loop["revisit_psnr"]["p"] == 0.0 and 0 < retrace["revisit_psnr"]["p"] < 1  # no spread in loop
+    assert loop["damage_other_frames_db"] == pytest.approx(0.5)
+    # the whole run's statistics are as before, over all six episodes
+    assert stats["memory"]["revisit_mse"]["floor_no_memory"] == pytest.approx(0.034)
+    assert stats["paired_difference_with_minus_without"]["Revisit PSNR"]["n"] == 5
+    no_patterns = revisit_statistics([_episode(0, None, 0.1), _episode(1, None, 0.1)],
+                                     [_episode(0, None, 0.1), _episode(1, None, 0.1)])
+    assert "memory_by_pattern" not in no_patterns
+
+    write_report(tmp_path / "run", without, with_lora, {"shards": "maze", "episodes": 6, "first_episode": 0})
+    run = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert run["memory_by_pattern"]["loop"]["gap_closed"] == pytest.approx(0.5)
+    assert [ep.get("pattern") for ep in run["episodes"]] == ["loop", "loop", "retrace", "retrace", "retrace", None]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "### By revisit pattern" in report and "| loop | 2 of 2 | 0.0300 | 0.0150 | 50.0 % |" in report
+    assert "By revisit pattern" in (tmp_path / "run" / "index.html").read_text()
+
+    # split into two runs and pooled: the same split, printed by `sfvgen evaluate pool`
+    run["settings"].pop("seconds", None)
+    paths = split(tmp_path / "halves", run, 3)
+    pooled = pool_runs(paths)
+    for name, row in run["memory_by_pattern"].items():
+        assert pooled["memory_by_pattern"][name]["gap_closed"] == pytest.approx(row["gap_closed"])
+        assert pooled["memory_by_pattern"][name]["revisit_psnr"]["p"] == pytest.approx(row["revisit_psnr"]["p"])
+    assert evaluate_main(["pool", *map(str, paths)]) == 0
+    printed = capsys.readouterr().out
+    assert "loop: gap closed 50.0 %" in printed and "n = 2 of 3 episodes" in printed

@@ -269,3 +269,93 @@ def test_slow_fast_loop_from_shards(tmp_path):
 
 def world_episode_action(seed):
     return revisit_episode(seed, chunk_frames=3, chunks_out=2, min_gap=1)["actions"][0]
+
+
+def _turns(angles: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Poses that turn in place: position (0, 0), the given headings."""
+    return np.zeros((len(angles), 2)), np.array(angles, dtype=np.float64)
+
+
+def test_memory_maze_revisits_need_the_agent_to_have_been_away():
+    from slowfast_vgen.simulators import memory_maze as mm
+
+    away = dict(away_distance=mm.AWAY_DISTANCE, away_angle=mm.AWAY_ANGLE)
+    starts = np.arange(5)  # one frame per chunk, context 1: frame j's window is frame j - 1
+    tol = (mm.POSITION_TOLERANCE, mm.ANGLE_TOLERANCE)
+    # a 60-degree glance to the left and back: the windows (30, 60 degrees) do not show frames 0 and 1's views,
+    # but the agent never went away, so for the recorder frames 3 and 4 are no revisits, nor for the benchmark
+    glance = _turns([0, 30, 60, 30, 0])
+    assert pose_revisits(*glance, starts, 1, *tol) == [(0, [4]), (1, [3])]  # without the rule
+    assert pose_revisits(*glance, starts, 1, *tol, **away) == []
+    assert mm.find_revisits(np.column_stack([glance[0], glance[1]])) == []
+    # turned 120 degrees (more than away_angle) and back: frame 4 revisits frame 0 for both (frame 3 is 60 degrees
+    # from frame 1 and its turn to 120: not away)
+    look = _turns([0, 60, 120, 60, 0])
+    assert pose_revisits(*look, starts, 1, *tol, **away) == [(0, [4])]
+    assert [(r["of_frame"], r["frame"]) for r in mm.find_revisits(np.column_stack(look))] == [(0, 4)]
+    with pytest.raises(UserInputError, match="tolerances must be >= 0"):
+        pose_revisits(*look, starts, 1, *tol, away_distance=-1.0)
+
+
+def test_benchmark_revisits_are_the_recorders_on_a_retrace():
+    """Out 2 cells, a turn around, back, a turn to the start heading (Memory Maze's retrace): each benchmark
+    revisit is the recorder's pair, and each recorder pair beyond the window is a benchmark revisit."""
+    from slowfast_vgen.simulators import memory_maze as mm
+
+    poses = [(0.25 * k, 0.0, 0.0) for k in range(9)]
+    poses += [(2.0, 0.0, 18.0 * k) for k in range(1, 11)]  # turn around
+    poses += [(2.0 - 0.25 * k, 0.0, 180.0) for k in range(1, 9)]
+    poses += [(0.0, 0.0, 180.0 - 18.0 * k) for k in range(1, 11)]  # turn to the start heading
+    poses = np.array(poses)  # (T, 3)
+    T = len(poses)
+    chunks = [(a, min(a + 4, T), "x") for a in range(1, T, 4)]
+    starts = chunk_starts(T, chunks)
+    groups = pose_revisits(*split_pose(poses, ["x", "y", "angle"]), starts, 4, mm.POSITION_TOLERANCE,
+                           mm.ANGLE_TOLERANCE, away_distance=mm.AWAY_DISTANCE, away_angle=mm.AWAY_ANGLE)
+    recorder = {r["frame"]: r["of_frame"] for r in mm.find_revisits(poses)}
+    found = {j: i for i, js in groups for j in js}
+    assert found and all(recorder.get(j) == i for j, i in found.items())
+
+    def in_window(s: int, t: int) -> bool:  # frame t's window shows frame s's pose
+        near = lambda a, b: (math.dist(a[:2], b[:2]) <= mm.POSITION_TOLERANCE  # noqa: E731
+                             and abs(mm.wrap(a[2] - b[2])) <= mm.ANGLE_TOLERANCE)
+        return any(near(poses[k], poses[t]) for k in range(max(0, starts[t] - 4), starts[t]))
+
+    assert {t for t, s in recorder.items() if s < starts[t] and not in_window(s, t)} == set(found)
+
+
+def _write_turns(root, angles: list[float], declared: dict | None, pattern: str | None = None) -> None:
+    """A recording that turns in place under the given headings, its gt declaring ``declared`` tolerances."""
+    from slowfast_vgen.datamodules.shards.write import ShardSetWriter
+    from slowfast_vgen.simulators.memory_maze import find_revisits
+
+    poses = [[0.0, 0.0, a] for a in angles]
+    episode = {"tolerance": declared} if declared else {}
+    episode.update({"pattern": pattern} if pattern else {})
+    revisits = find_revisits(np.array(poses)) if declared else []
+    writer = ShardSetWriter(root, "test-turns", {}, video="mp4-lossless")
+    frames = np.zeros((len(angles), 16, 16, 3), dtype=np.uint8)
+    writer.write_episode("turns", iter(frames), 4.0, [(t, t + 1, "turn left") for t in range(1, len(angles))], "game",
+                         False, lambda a, b: {"pose_names": ["x", "y", "angle"], "pose": poses[a:b],
+                                              "revisits": [r for r in revisits if a <= r["frame"] < b], **episode})
+    writer.finish()
+
+
+def test_recorded_episodes_take_the_datas_tolerances(tmp_path):
+    maze = {"position": 0.25, "angle": 15.0, "away_distance": 1.0, "away_angle": 90.0}
+    _write_turns(tmp_path / "glance", [0, 30, 60, 30, 0], maze, "retrace")
+    _write_turns(tmp_path / "look", [0, 60, 120, 60, 0], maze, "loop")
+    _write_turns(tmp_path / "plain", [0, 60, 120, 60, 0], None)
+    glance = RecordedRevisitDataset(tmp_path / "glance", chunk_frames=1, context_frames=1)[0]
+    assert glance["tolerance"] == maze and glance["pattern"] == "retrace" and glance["revisits"] == []
+    look = RecordedRevisitDataset(tmp_path / "look", chunk_frames=1, context_frames=1)[0]
+    assert look["revisits"] == [(0, [4])] and look["pattern"] == "loop"
+    # no declaration: ViZDoom's tolerances (4 units, the same angle to 1e-3 degrees), no "been away" rule
+    plain = RecordedRevisitDataset(tmp_path / "plain", chunk_frames=1, context_frames=1)[0]
+    assert plain["tolerance"] == {"position": 4.0, "angle": 1e-3, "away_distance": None, "away_angle": None}
+    assert plain["revisits"] == [(0, [4]), (1, [3])] and "pattern" not in plain  # 3 revisits 1 without being away
+    # an explicit option overrides the data's: 70 degrees make frame 4 (0) match its window (60): no memory needed
+    wide = RecordedRevisitDataset(tmp_path / "look", chunk_frames=1, context_frames=1, angle_tolerance=70)[0]
+    assert wide["tolerance"] == {**maze, "angle": 70.0} and wide["revisits"] == []
+    with pytest.raises(UserInputError, match="angle_tolerance -1: expected >= 0"):
+        RecordedRevisitDataset(tmp_path / "look", angle_tolerance=-1)

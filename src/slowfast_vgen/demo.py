@@ -10,9 +10,11 @@
 3. Score them (SRC, SCuts, PSNR/SSIM at revisited frames vs the real world) and write a report folder:
    ``index.html``, ``report.md``, ``results.json``, ``similarity.png``, ``videos/*.mp4|gif``.
 
-``--shards DIR`` takes the episodes from a recording with poses instead (e.g. ViZDoom from ``sfvgen data
-record``; :mod:`slowfast_vgen.datamodules.recorded`), with ``--config``/``--weights`` of a model trained on such
-data (``experiments/doom_slow.yaml``).
+``--shards DIR`` takes the episodes from a recording with poses instead (e.g. ViZDoom or Memory Maze from ``sfvgen
+data record``; :mod:`slowfast_vgen.datamodules.recorded`), with ``--config``/``--weights`` of a model trained on such
+data (``experiments/doom_from_world.yaml``, ``experiments/maze_from_world.yaml``). A revisit is then what the
+recording's own tolerances say (Memory Maze's), and the memory scores are also split by the episodes' revisit
+pattern where the recording has one (``memory_by_pattern``).
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-episode", type=nonnegative_int, default=0,
                         help="--shards: start at this recorded episode (a long benchmark split into runs; the world "
                              "picks its episodes by --seed)")
-    parser.add_argument("--pose-tolerance", type=float, default=4.0,
-                        help="--shards: frames within this distance (map units) and at the same angle are one place")
+    parser.add_argument("--pose-tolerance", type=float, default=None,
+                        help="--shards: frames within this distance are one place (default: the data's own, gt "
+                             "tolerance, e.g. Memory Maze's 0.25 cell; else 4.0, ViZDoom map units)")
+    parser.add_argument("--angle-tolerance", type=float, default=None,
+                        help="--shards: ... and within this angle in degrees (default: the data's own, e.g. Memory "
+                             "Maze's 15; else 0.001, ViZDoom's same angle)")
     args = parser.parse_args(argv)
     args.guidance = args.guidance or PRESET_GUIDANCE[args.temp_lora]
     if args.shards is not None:  # the action reversals are declared with the data
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError(f"--episodes must be >= 2 to report a spread, got {args.episodes}")
     start = time.perf_counter()
     from slowfast_vgen.datamodules.world import WorldRevisitDataset
-    from slowfast_vgen.evaluation.report import write_report
+    from slowfast_vgen.evaluation.report import pattern_rows, write_report
     from slowfast_vgen.evaluation.revisit import generate_episodes, score_episodes
     from slowfast_vgen.metrics import SceneRevisitConsistency
 
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
         episodes = RecordedRevisitDataset(args.shards, world.get("resolution"), chunk, system.generator.context_frames,
                                           episodes=args.episodes, pose_tolerance=args.pose_tolerance,
-                                          first_episode=args.first_episode)
+                                          angle_tolerance=args.angle_tolerance, first_episode=args.first_episode)
+        tolerance = episodes[0]["tolerance"]  # what the benchmark counted as one place (the first episode's)
     else:
         world.pop("resolution", None)
         episodes = WorldRevisitDataset(args.episodes, seed=args.seed, chunk_frames=chunk, chunks_out=args.chunks_out,
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": model_info, "config": str(args.config), "episodes": args.episodes, "first_seed": args.seed,
         "chunk_frames": chunk, "context_frames": system.generator.context_frames, "chunks_out_and_back": args.chunks_out,
-        **({"shards": str(args.shards), "pose_tolerance": args.pose_tolerance, "first_episode": args.first_episode}
+        **({"shards": str(args.shards), "pose_tolerance": tolerance["position"], "first_episode": args.first_episode,
+            "angle_tolerance": tolerance["angle"], "away": {k: tolerance[k] for k in ("away_distance", "away_angle")}}
            if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
@@ -162,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory: gap closed {100 * memory['gap_closed']:.1f} % (Revisit PSNR {memory['revisit_psnr_gain_db']:+.2f} dB, "
           f"paired p = {memory['revisit_psnr_p']:.3g}, n = {results['n_episodes']}); damage to other frames "
           f"{memory['damage_other_frames_db']:+.2f} dB")
+    for line in pattern_rows(results.get("memory_by_pattern") or {}):
+        print(line)
     print(f"generation: {seconds_without:.0f} s without memory, {seconds_with:.0f} s with "
           f"({seconds_with / seconds_without:.1f}x)")
     print(f"report: {page.resolve()}")

@@ -265,7 +265,7 @@ def run_table(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
 
         resolution = b.get("resolution", cli.datamodule.hparams.get("resolution"))
         episodes = RecordedRevisitDataset(repo_path(b["shards"]), resolution, f_g, f_p, episodes=b.get("episodes"),
-                                          pose_tolerance=float(b.get("pose_tolerance", 4.0)))
+                                          pose_tolerance=b.get("pose_tolerance"))  # None: the data's own
     else:
         episodes = WorldRevisitDataset(
             int(b.get("episodes", 4)), seed=int(b.get("seed", 10_000)), chunk_frames=f_g,

@@ -24,7 +24,8 @@ import torch
 
 from slowfast_vgen.errors import ArgumentParser, UserInputError
 from slowfast_vgen.evaluation.report import (
-    MAX_DAMAGE_DB, MAX_P, MAX_TIME_RATIO, MIN_GAP_CLOSED, MIN_GAP_CLOSED_AT_PRICE, clears_memory_bar, revisit_statistics)
+    MAX_DAMAGE_DB, MAX_P, MAX_TIME_RATIO, MIN_GAP_CLOSED, MIN_GAP_CLOSED_AT_PRICE, clears_memory_bar, pattern_rows,
+    revisit_statistics)
 from slowfast_vgen.evaluation.revisit import EpisodeResult
 from slowfast_vgen.io import atomic_path
 
@@ -94,9 +95,10 @@ def pool_runs(paths: list[str | Path], ignore: list[str] | tuple[str, ...] = ())
                 raise UserInputError(f"pool: episode {ep['seed']} is in {seen[ep['seed']]} and in {path}: pooled runs "
                                      f"must cover disjoint episodes (it would be counted twice)")
             seen[ep["seed"]] = path
-            without.append(EpisodeResult(ep["seed"], empty, empty, [], scores=_scores(ep["without"])))
+            pattern = ep.get("pattern")  # the recording's revisit pattern (since issue 37): memory_by_pattern
+            without.append(EpisodeResult(ep["seed"], empty, empty, [], scores=_scores(ep["without"]), pattern=pattern))
             with_lora.append(EpisodeResult(ep["seed"], empty, empty, [], scores=_scores(ep["with"]),
-                                           rollbacks=ep.get("rollbacks_with", 0)))
+                                           rollbacks=ep.get("rollbacks_with", 0), pattern=pattern))
     if not without:
         raise UserInputError(f"pool: no episodes in {[str(p) for p in paths]}")
     timed = [run["settings"].get("generation_seconds") for run in runs]
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory: gap closed {100 * memory['gap_closed']:.1f} % (Revisit MSE {memory['revisit_mse']['floor_no_memory']:.4f}"
               f" -> {memory['revisit_mse']['temp_lora']:.4f}), damage to other frames {memory['damage_other_frames_db']:+.2f} dB,"
               f" n = {pooled['n_episodes']} episodes from {len(args.results)} run{'s' if len(args.results) > 1 else ''}")
+        for line in pattern_rows(pooled.get("memory_by_pattern") or {}):
+            print(line)
     if args.out is not None:
         print(f"pooled: {args.out.resolve()}")
     return 0
@@ -151,6 +155,23 @@ def run_memory(path: str | Path) -> dict[str, Any]:
     return {"gap_closed": gap, "damage_db": damage, "revisit_psnr_db": diff["mean"], "p": p, "n": diff["n"],
             "n_episodes": run.get("n_episodes", diff["n"]), "time_ratio": ratio, "clears_bar": clears,
             "clears_price_bar": clears and gap >= MIN_GAP_CLOSED_AT_PRICE and ratio <= MAX_TIME_RATIO}
+
+
+def _label_offsets(ax, fig, points: list[tuple[float, float]], line: float = 9.0, width: float = 170.0) -> list[float]:
+    """Vertical offsets (points) that keep the labels of nearby points from overlapping: from the top down, a label
+    within ``width`` points to the side of one already placed moves below it (a grey line then ties it to its
+    point)."""
+    per_point = 72.0 / fig.dpi
+    shown = [tuple(v * per_point for v in ax.transData.transform(xy)) for xy in points]  # display points
+    placed: list[tuple[float, float]] = []  # (x, label y) of the labels placed so far
+    offsets = [0.0] * len(points)
+    for i in sorted(range(len(points)), key=lambda k: -shown[k][1]):
+        x, y = shown[i]
+        while any(abs(px - x) < width and abs(py - y) < line for px, py in placed):
+            y -= line / 2
+        placed.append((x, y))
+        offsets[i] = y - shown[i][1]
+    return offsets
 
 
 def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-LoRA in generation",
@@ -191,12 +212,14 @@ def plot_runs(runs: dict[str, str | Path], path: str | Path, title: str = "Temp-
         colour = "tab:green" if r[passes] else "tab:blue"
         ax.scatter(x_of(r), 100 * r["gap_closed"], s=12 * r["n"], zorder=3, edgecolors=colour,
                    facecolors=colour if r["p"] < MAX_P else "none", linewidths=1.5)
-        ax.annotate(f"{r['label']} (n={r['n']}, p={r['p']:.2g})", (x_of(r), 100 * r["gap_closed"]),
-                    textcoords="offset points", xytext=(7, 4), fontsize=7)
     if by_time:
         ax.set_xscale("log")
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
+    points = [(x_of(r), 100 * r["gap_closed"]) for r in rows]
+    for r, xy, dy in zip(rows, points, _label_offsets(ax, fig, points)):
+        ax.annotate(f"{r['label']} (n={r['n']}, p={r['p']:.2g})", xy, textcoords="offset points", xytext=(7, 4 + dy),
+                    fontsize=7, arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if dy else None)
     ax.set_xlabel("generation time with memory / without (same run; log scale)" if by_time else
                   "damage to the frames that are not revisits (dB, lower is better)")
     ax.set_ylabel("floor-to-ceiling gap closed (%)")

@@ -60,6 +60,12 @@ RECORDED_TEXT = (
     "at the revisited frames."
 )
 
+PATTERN_TEXT = (
+    "The memory scores above over the episodes of each revisit pattern of the recording (gt pattern; Memory Maze: "
+    "retrace, loop, detour, explore-return). n: the episodes of that pattern with a frame that needs memory "
+    "(the pairs of the paired test)."
+)
+
 MOTION_TEXT = (
     "Motion MSE: each generated frame against the previous one moved by the camera step of its action, on the "
     "pixels both show (the real video scores 0). Still MSE: against the previous frame unmoved, what a model that "
@@ -132,11 +138,13 @@ def write_report(
                                                            "memory"))
     keys = list(diffs)
     plot_similarity(out / "similarity.png", {"without Temp-LoRA": without, "with Temp-LoRA": with_lora})
+    by_pattern = stats.get("memory_by_pattern")
     results = {
         "summary": summary, "paired_difference_with_minus_without": diffs, "verdict": verdicts,
-        "memory": memory, "n_episodes": len(without),
-        "episodes": [{"seed": a.seed, "without": a.scores, "with": b.scores, "rollbacks_with": b.rollbacks,
-                      "theta_read_chunks_with": b.read_chunks, "recognition_with": b.recognition} for a, b in zip(without, with_lora)],
+        "memory": memory, **({"memory_by_pattern": by_pattern} if by_pattern else {}), "n_episodes": len(without),
+        "episodes": [{"seed": a.seed, **({"pattern": a.pattern} if a.pattern else {}), "without": a.scores,
+                      "with": b.scores, "rollbacks_with": b.rollbacks, "theta_read_chunks_with": b.read_chunks,
+                      "recognition_with": b.recognition} for a, b in zip(without, with_lora)],
         "settings": settings,
     }
     with atomic_path(out / "results.json") as tmp:
@@ -154,6 +162,7 @@ def write_report(
     intro = (RECORDED_TEXT.format(n=n, source=settings.get("shards", "a shard set")) if recorded
              else WORLD_TEXT.format(n=n))
     memory_lines = _memory_lines(memory, RECORDED_MEMORY_TEXT if recorded else MEMORY_TEXT) if memory else []
+    pattern_lines = _pattern_lines(by_pattern) if by_pattern else []
     lines = [
         "# Revisit benchmark: with and without Temp-LoRA", "",
         intro, "",
@@ -162,6 +171,7 @@ def write_report(
         *[f"- **{k}**: {verdicts[k]} (paired difference {diffs[k]['mean']:+.2f} ± {diffs[k]['std']:.2f}, "
           f"t = {diffs[k]['t']:.2f}, p = {diffs[k]['p']:.3g}, n = {diffs[k]['n']})" for k in keys], "",
         *memory_lines,
+        *pattern_lines,
         *(["## Does the model follow the actions?", "", MOTION_TEXT, "", *motion, ""] if motion else []),
         "## Frame by frame", "",
         *[f"![episode {seed}: real / without / with Temp-LoRA](videos/episode_{seed}_frames.png)" for seed in rows], "",
@@ -169,19 +179,47 @@ def write_report(
     ]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
-    _write_html(out, lines, rows, table, motion, verdicts, memory_lines)
+    _write_html(out, lines, rows, table, motion, verdicts, memory_lines, pattern_lines)
     return out / "index.html"
 
 
 def revisit_statistics(without: list[EpisodeResult], with_lora: list[EpisodeResult]) -> dict[str, Any]:
     """The statistics of results.json over paired episodes: per-arm summaries, paired differences, their verdicts
-    and the memory scores (used by the report and by ``sfvgen evaluate pool``)."""
+    and the memory scores (used by the report and by ``sfvgen evaluate pool``); with ``memory_by_pattern`` when the
+    episodes carry a revisit pattern (:func:`pattern_memory`)."""
+    stats = _statistics(without, with_lora)
+    by_pattern = pattern_memory(without, with_lora) if stats["memory"] is not None else {}
+    return {**stats, **({"memory_by_pattern": by_pattern} if by_pattern else {})}
+
+
+def _statistics(without: list[EpisodeResult], with_lora: list[EpisodeResult]) -> dict[str, Any]:
     summary = {"without Temp-LoRA": summarize(without), "with Temp-LoRA": summarize(with_lora)}
     keys = [k for k in HIGHER_IS_BETTER if k in without[0].scores]
     diffs = {k: paired_difference(with_lora, without, k) for k in keys}
     return {"summary": summary, "paired_difference_with_minus_without": diffs,
             "verdict": {k: verdict(diffs[k], k) for k in keys},
             "memory": memory_summary(summary, diffs) if "Revisit PSNR" in keys else None}
+
+
+def pattern_memory(without: list[EpisodeResult], with_lora: list[EpisodeResult]) -> dict[str, dict[str, Any]]:
+    """The memory scores (:func:`memory_summary`) over the episodes of each revisit pattern, by pattern name
+    (sorted), each with ``n_episodes`` and the Revisit PSNR paired difference (``revisit_psnr``: mean, std, n, t,
+    p); episodes without a pattern are in no row. Empty when no episode has one."""
+    out = {}
+    for name in sorted({a.pattern for a in without if a.pattern}):
+        pairs = [(a, b) for a, b in zip(without, with_lora) if a.pattern == name]
+        stats = _statistics([a for a, _ in pairs], [b for _, b in pairs])
+        out[name] = {"n_episodes": len(pairs), **stats["memory"],
+                     "revisit_psnr": stats["paired_difference_with_minus_without"]["Revisit PSNR"]}
+    return out
+
+
+def pattern_rows(by_pattern: dict[str, dict[str, Any]]) -> list[str]:
+    """One printed line per revisit pattern (``sfvgen demo`` and ``sfvgen evaluate pool``)."""
+    return [f"{name:>14}: gap closed {100 * row['gap_closed']:.1f} % (Revisit MSE "
+            f"{row['revisit_mse']['floor_no_memory']:.4f} -> {row['revisit_mse']['temp_lora']:.4f}), Revisit PSNR "
+            f"{d['mean']:+.2f} dB (p = {d['p']:.3g}), n = {d['n']} of {row['n_episodes']} episodes"
+            for name, row in by_pattern.items() for d in (row["revisit_psnr"],)]
 
 
 def clears_memory_bar(gap_closed: float, p: float, damage_db: float) -> bool:
@@ -222,6 +260,15 @@ def _memory_lines(memory: dict[str, Any], text: str = MEMORY_TEXT) -> list[str]:
     ]
 
 
+def _pattern_lines(by_pattern: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [f"| {name} | {d['n']} of {row['n_episodes']} | {row['revisit_mse']['floor_no_memory']:.4f} | "
+            f"{row['revisit_mse']['temp_lora']:.4f} | {100 * row['gap_closed']:.1f} % | {d['mean']:+.2f} ± "
+            f"{d['std']:.2f} | {d['p']:.3g} |" for name, row in by_pattern.items() for d in (row["revisit_psnr"],)]
+    return ["### By revisit pattern", "", PATTERN_TEXT, "",
+            "| pattern | n | Revisit MSE ↓ no memory | Revisit MSE ↓ Temp-LoRA | gap closed | "
+            "Revisit PSNR with − without (dB) | paired p |", "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def _motion_table(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     keys = ["Motion MSE", "Still MSE"]
     table = ["| | Motion MSE ↓ | Still MSE (no-motion baseline) |", "|---|---|---|"]
@@ -239,7 +286,7 @@ def _html_table(table: list[str]) -> str:
 
 
 def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str], motion: list[str],
-                verdicts: dict[str, str], memory: list[str]) -> None:
+                verdicts: dict[str, str], memory: list[str], patterns: list[str] = ()) -> None:
     videos = "".join(
         f'<figure><img src="videos/episode_{s}.gif" alt="episode {s}"><figcaption>episode {s}: real | without | '
         f'with Temp-LoRA (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
@@ -254,6 +301,9 @@ def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str],
         bullets = "".join(f"<li>{html.escape(b[2:]).replace('**', '')}</li>" for b in memory if b.startswith("- "))
         memory_html = (f"<h2>Does Temp-LoRA remember?</h2><p>{html.escape(memory[2])}</p>"
                        f"{_html_table([r for r in memory if r.startswith('|')])}<ul>{bullets}</ul>")
+    if patterns:  # heading, text, table
+        memory_html += (f"<h3>By revisit pattern</h3><p>{html.escape(PATTERN_TEXT)}</p>"
+                        f"{_html_table([r for r in patterns if r.startswith('|')])}")
     motion_html = (f"<h2>Does the model follow the actions?</h2><p>{html.escape(MOTION_TEXT)}</p>{_html_table(motion)}"
                    if motion else "")
     settings = html.escape(json.dumps(json.loads((out / "results.json").read_text())["settings"], indent=2))

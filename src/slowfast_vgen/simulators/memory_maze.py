@@ -214,6 +214,25 @@ PLANNERS = {"retrace": plan_retrace, "loop": plan_loop, "detour": plan_detour, "
 
 
 # -- revisits --------------------------------------------------------------------------------------------------
+def been_away(dist: np.ndarray, turn: np.ndarray | None, away_distance: float | None = AWAY_DISTANCE,
+              away_angle: float | None = AWAY_ANGLE) -> np.ndarray:
+    """``(T, T)`` bool: ``[s, t]`` is true when ``s < t`` and some frame ``u``, ``s < u < t``, is away from frame
+    ``s``'s pose (``dist[s, u] > away_distance`` or ``turn[s, u] > away_angle``; None: that test is off).
+
+    ``dist`` (T, T): distances between the frames' positions; ``turn`` (T, T) or None: their heading differences in
+    degrees. The revisit benchmark on recorded shards applies the same rule (``datamodules.recorded``).
+    """
+    T = len(dist)
+    away = np.zeros((T, T), dtype=bool)  # away[s, u]: frame u is away from frame s's pose
+    if away_distance is not None:
+        away |= dist > away_distance
+    if away_angle is not None and turn is not None:
+        away |= turn > away_angle
+    later = np.triu(np.ones((T, T), dtype=bool), 1)
+    first_away = np.where((away & later).any(1), (away & later).argmax(1), T)  # (T,) first u > s away from s
+    return later & (first_away[:, None] < np.arange(T)[None])
+
+
 def find_revisits(poses: np.ndarray, cells: list[Cell] | None = None) -> list[dict[str, Any]]:
     """Revisit pairs of an episode's poses ``(T, 3)`` (x, y in cells, angle in degrees); see the module constants.
 
@@ -221,15 +240,11 @@ def find_revisits(poses: np.ndarray, cells: list[Cell] | None = None) -> list[di
     with ``s`` the earliest frame it revisits; ``retraced`` (with ``cells``): the agent came back to ``t`` through
     the cells it had left ``s`` by, in reverse order (a time-reversed way back).
     """
-    T = len(poses)
     pos, ang = poses[:, :2], poses[:, 2]
     dist = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))  # (T, T)
     turn = np.abs(wrap(ang[:, None] - ang[None]))  # (T, T)
     near = (dist <= POSITION_TOLERANCE) & (turn <= ANGLE_TOLERANCE)
-    away = (dist > AWAY_DISTANCE) | (turn > AWAY_ANGLE)  # away[s, u]: frame u is away from frame s's pose
-    later = np.triu(np.ones((T, T), dtype=bool), 1)
-    first_away = np.where((away & later).any(1), (away & later).argmax(1), T)  # (T,) first u > s away from s
-    valid = near & later & (first_away[:, None] < np.arange(T)[None])  # valid[s, t]
+    valid = near & been_away(dist, turn)  # valid[s, t]
     out = []
     for t in np.flatnonzero(valid.any(0)):
         s = int(valid[:, t].argmax())
