@@ -113,6 +113,27 @@ def test_the_price_plot_places_runs_by_time_ratio_and_pooling_sums_the_arms_time
         plot_runs({"old": RUN}, tmp_path / "x.png", against="time")
 
 
+def test_plot_labels_of_nearby_points_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slowfast_vgen.evaluation.pool import _label_offsets
+
+    fig, ax = plt.subplots(dpi=100)
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 100)
+    points = [(5.0, 50.0), (5.0, 50.0), (5.1, 50.5), (1.0, 10.0)]  # three on one spot, one far away
+    offsets = _label_offsets(ax, fig, points, line=9.0)
+    per_point = 72.0 / fig.dpi
+    label_y = [ax.transData.transform(p)[1] * per_point + dy for p, dy in zip(points, offsets)]
+    crowd = sorted(label_y[:3])
+    assert all(b - a >= 9.0 - 1e-9 for a, b in zip(crowd, crowd[1:]))  # a line apart
+    assert offsets[3] == 0.0  # a point with no neighbour keeps its label where it was
+    plt.close(fig)
+
+
 def _episode(seed: int, pattern: str | None, revisit_mse: float, other_psnr: float = 20.0):
     import torch
 
