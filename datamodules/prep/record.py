@@ -14,8 +14,22 @@ from slowfast_vgen.datamodules.shards.write import ShardSetWriter, StopWriting
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.simulators.vizdoom import (  # noqa: F401 (re-exported)
-    ACTIONS, POLICIES, REVERSE, TURN_STEP, DoomRecorder, _spans, plan_leave,
+    ACTIONS, POLICIES, REVERSE, TURN_STEP, DoomRecorder, plan_leave,
 )
+
+
+def action_spans(labels: list[str | None]) -> list[tuple[int, int, str]]:
+    """Per-frame action labels (frame t: the action that produced it; None: none) -> ``(start, stop, text)`` spans
+    of consecutive frames under one action, as :meth:`ShardSetWriter.write_episode` takes them."""
+    spans: list[tuple[int, int, str]] = []
+    for t, text in enumerate(labels):
+        if text is None:
+            continue
+        if spans and spans[-1][2] == text and spans[-1][1] == t:
+            spans[-1] = (spans[-1][0], t + 1, text)
+        else:
+            spans.append((t, t + 1, text))
+    return spans
 
 
 def write_episodes(writer: ShardSetWriter, names: list[str], record: Callable[[int, str], None],
@@ -81,7 +95,7 @@ def record_shards(
             return {"pose_names": ["x", "y", "z", "angle"], "pose": poses[start:stop],
                     "revisits": [r for r in ep["revisits"] if start <= r["frame"] < stop]}
 
-        writer.write_episode(name, iter(ep["frames"]), 35.0, _spans(ep["labels"]), "game", False, gt,
+        writer.write_episode(name, iter(ep["frames"]), 35.0, action_spans(ep["labels"]), "game", False, gt,
                              {"scenario": scenario, "map": doom_map, "policy": policy})
         counts["frames"] += len(ep["frames"])
         counts["revisits"] += len(ep["revisits"])

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from slowfast_vgen.datamodules.prep.record import write_episodes
+from slowfast_vgen.datamodules.prep.record import action_spans, write_episodes
 from slowfast_vgen.datamodules.shards.write import ShardSetWriter
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed
 from slowfast_vgen.simulators import memory_maze as mm
-from slowfast_vgen.simulators.vizdoom import _spans
 
 SEEDS_PER_RECORDING = 1_000_000  # maze seeds k * 1e6 ... k * 1e6 + episodes - 1 belong to --seed k
 MAX_SEED = (2**32 - 1) // SEEDS_PER_RECORDING - 1  # numpy's RandomState takes seeds below 2**32
@@ -100,7 +99,7 @@ def record_maze_shards(
     def record(i: int, name: str) -> None:
         rng = np.random.default_rng(stable_seed("maze-policy", seed, i))
         ep = recorder.record_episode(names[i % len(names)], maze_seed(seed, i), rng)
-        writer.write_episode(name, iter(ep["frames"]), mm.FPS, _spans(ep["labels"]), "game", False,
+        writer.write_episode(name, iter(ep["frames"]), mm.FPS, action_spans(ep["labels"]), "game", False,
                              _ground_truth(ep, maze), {"env": "memory-maze", "maze": maze,
                                                        "maze_seed": ep["maze_seed"], "pattern": ep["pattern"]})
         counts["frames"] += len(ep["frames"])

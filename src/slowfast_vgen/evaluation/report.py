@@ -216,10 +216,13 @@ def pattern_memory(without: list[EpisodeResult], with_lora: list[EpisodeResult])
 
 def pattern_rows(by_pattern: dict[str, dict[str, Any]]) -> list[str]:
     """One printed line per revisit pattern (``sfvgen demo`` and ``sfvgen evaluate pool``)."""
-    return [f"{name:>14}: gap closed {100 * row['gap_closed']:.1f} % (Revisit MSE "
-            f"{row['revisit_mse']['floor_no_memory']:.4f} -> {row['revisit_mse']['temp_lora']:.4f}), Revisit PSNR "
-            f"{d['mean']:+.2f} dB (p = {d['p']:.3g}), n = {d['n']} of {row['n_episodes']} episodes"
-            for name, row in by_pattern.items() for d in (row["revisit_psnr"],)]
+    lines = []
+    for name, row in by_pattern.items():
+        d, mse = row["revisit_psnr"], row["revisit_mse"]
+        lines.append(f"{name:>14}: gap closed {100 * row['gap_closed']:.1f} % (Revisit MSE "
+                     f"{mse['floor_no_memory']:.4f} -> {mse['temp_lora']:.4f}), Revisit PSNR {d['mean']:+.2f} dB "
+                     f"(p = {d['p']:.3g}), n = {d['n']} of {row['n_episodes']} episodes")
+    return lines
 
 
 def clears_memory_bar(gap_closed: float, p: float, damage_db: float) -> bool:
@@ -261,9 +264,12 @@ def _memory_lines(memory: dict[str, Any], text: str = MEMORY_TEXT) -> list[str]:
 
 
 def _pattern_lines(by_pattern: dict[str, dict[str, Any]]) -> list[str]:
-    rows = [f"| {name} | {d['n']} of {row['n_episodes']} | {row['revisit_mse']['floor_no_memory']:.4f} | "
-            f"{row['revisit_mse']['temp_lora']:.4f} | {100 * row['gap_closed']:.1f} % | {d['mean']:+.2f} ± "
-            f"{d['std']:.2f} | {d['p']:.3g} |" for name, row in by_pattern.items() for d in (row["revisit_psnr"],)]
+    rows = []
+    for name, row in by_pattern.items():
+        d, mse = row["revisit_psnr"], row["revisit_mse"]
+        rows.append(f"| {name} | {d['n']} of {row['n_episodes']} | {mse['floor_no_memory']:.4f} | "
+                    f"{mse['temp_lora']:.4f} | {100 * row['gap_closed']:.1f} % | {d['mean']:+.2f} ± {d['std']:.2f} | "
+                    f"{d['p']:.3g} |")
     return ["### By revisit pattern", "", PATTERN_TEXT, "",
             "| pattern | n | Revisit MSE ↓ no memory | Revisit MSE ↓ Temp-LoRA | gap closed | "
             "Revisit PSNR with − without (dB) | paired p |", "|---|---|---|---|---|---|---|", *rows, ""]

@@ -171,15 +171,3 @@ class DoomRecorder:
 
     def close(self) -> None:
         self.game.close()
-
-
-def _spans(labels: list[str | None]) -> list[tuple[int, int, str]]:
-    spans: list[tuple[int, int, str]] = []
-    for t, text in enumerate(labels):
-        if text is None:
-            continue
-        if spans and spans[-1][2] == text and spans[-1][1] == t:
-            spans[-1] = (spans[-1][0], t + 1, text)
-        else:
-            spans.append((t, t + 1, text))
-    return spans
