@@ -36,6 +36,7 @@ def recorded_shards(tmp_path_factory):
 @pytest.mark.parametrize("path", REVISIT_EVALS, ids=lambda p: p.name)
 def test_eval_config_runs_at_tiny_size(path, tmp_path, recorded_shards, monkeypatch):
     monkeypatch.setenv("DOOM_TEST_SHARDS", str(recorded_shards))
+    monkeypatch.setenv("MAZE_TEST_SHARDS", str(recorded_shards))
     assert main(["-c", str(path), *TINY, f"out={tmp_path}"]) == 0
     result = json.loads((tmp_path / "table.json").read_text())
     table = result["protocol"]["table"]

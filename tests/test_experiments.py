@@ -88,14 +88,19 @@ def test_experiment_strategy_as_written_instantiates(path: Path):
     assert type(built).__name__ == strategy["class_path"].rsplit(".", 1)[1]
 
 
-def test_maze_from_world_tells_the_maze_actions_apart(monkeypatch, tmp_path, tiny_shards):
-    """Memory Maze's six action texts reach the recipe's text encoder as six different embeddings."""
-    from slowfast_vgen.simulators.memory_maze import ACTIONS
+def test_maze_from_world_tells_the_maze_chunks_apart(monkeypatch, tmp_path, tiny_shards):
+    """Every 4-frame Memory Maze chunk text (its frames' words in order) reaches the recipe's text encoder as its
+    own embedding: the same words in another order are another chunk."""
+    import itertools
+
+    from slowfast_vgen.simulators.memory_maze import WORDS
 
     monkeypatch.setenv("MAZE_SHARDS", str(tiny_shards))
     monkeypatch.setenv("MAZE_VAL_SHARDS", str(tiny_shards))
     monkeypatch.chdir(tmp_path)
     cli = load_experiment(str(REPO / "experiments" / "maze_from_world.yaml"), CPU)
     assert cli.datamodule.hparams["resolution"] == "16x16"
-    embeddings = cli.model.text_encoder(list(ACTIONS)).flatten(1)  # (6, L * D)
-    assert len({tuple(e.tolist()) for e in embeddings}) == len(ACTIONS) == 6
+    assert str(cli.datamodule.hparams["train_shards"]) == str(tiny_shards)
+    texts = [" ".join(words) for words in itertools.product(WORDS.values(), repeat=4)]
+    embeddings = cli.model.text_encoder(texts).flatten(1)  # (256, L * D)
+    assert len({tuple(e.tolist()) for e in embeddings}) == len(texts) == 4**4

@@ -54,11 +54,24 @@ def test_frames_poses_and_labels_are_the_environments(episodes):
     finally:
         env.close()
     assert ep["frames"].shape[1:] == (64, 64, 3) and ep["frames"].dtype == np.uint8
+    # the agent turns in place or goes straight: four of the six actions, each with its chunk word
+    assert set(ep["labels"][1:]) <= set(mm.WORDS) and "go forward" in ep["labels"]
     # the labels say what happened: a turn changes the heading its way, "go forward" moves along it
     for t, text in enumerate(ep["labels"][1:], 1):
         turned = mm.wrap(ep["poses"][t, 2] - ep["poses"][t - 1, 2])
         if text in ("turn left", "turn right") and ep["labels"][t - 1] == text:
             assert (turned > 10) == (text == "turn left") and abs(turned) > 10, (t, text, turned)
+
+
+def test_chunks_are_named_by_their_frames_actions():
+    labels = [None, "go forward", "go forward", "turn left", "turn left", "stay", "turn right"]
+    assert mm.chunk_spans(labels) == [(1, 5, "forward forward left left"), (5, 7, "stay right")]
+    assert mm.chunk_spans(labels, 3) == [(1, 4, "forward forward left"), (4, 7, "left stay right")]
+    reverses = mm.chunk_reverses()
+    assert reverses["left left stay"] == "stay right right" and reverses["stay right"] == "left stay"
+    assert len(reverses) == 3 + 9 + 27 + 81 and not any("forward" in k for k in reverses)  # moving has no reverse
+    with pytest.raises(UserInputError, match="action 'go forward and turn left' has no chunk word"):
+        mm.chunk_spans([None, "go forward and turn left"])
 
 
 def brute_force_revisits(poses: np.ndarray) -> dict[int, int]:
@@ -132,7 +145,7 @@ def test_record_command_writes_a_verified_shard_set(tmp_path, capsys):
     from slowfast_vgen.datamodules.shards.read import ShardEpisodeDataset
 
     manifest = load_manifest(out)
-    assert manifest["kind"] == "memory-maze" and manifest["reverse_actions"] == mm.REVERSE
+    assert manifest["kind"] == "memory-maze" and manifest["reverse_actions"] == mm.chunk_reverses()
     ds = ShardEpisodeDataset(out)
     for i, requested in enumerate(("detour", "explore-return")):
         ep = ds.load(i)
@@ -142,6 +155,8 @@ def test_record_command_writes_a_verified_shard_set(tmp_path, capsys):
         assert gt["pose_names"] == ["x", "y", "angle"] and gt["tolerance"]["position"] == mm.POSITION_TOLERANCE
         assert not gt["complete"] and "step budget" in gt["note"]
         assert ep["actions"][0][0] == 1 and ep["actions"][-1][1] == 13 and ep["fps"] == mm.FPS
+        assert [b - a for a, b, _ in ep["actions"]] == [4, 4, 4]  # 4-frame chunks named by their frames' words
+        assert all(set(text.split()) <= set(mm.WORDS.values()) and len(text.split()) == 4 for *_, text in ep["actions"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -102,6 +102,26 @@ def test_frame_revisit_score_and_nan_episodes():
     assert paired_difference([result(math.nan)], [result(1.0)], "Revisit PSNR")["n"] == 0
 
 
+def test_recorded_scores_include_lpips_at_the_revisits():
+    """LPIPS (x100) of the revisit frames against the real ones, and Revisit LPIPS against the first visit as
+    generated: 0 where the memory brought back the first visit exactly, > 0 where it did not."""
+    from slowfast_vgen.evaluation.revisit import score_episodes
+    from slowfast_vgen.metrics import SceneRevisitConsistency
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(9, 3, 16, 16, generator=g)
+    ep = {"first": real[:1], "frames": real, "actions": [("forward forward forward forward", 4)] * 2,
+          "revisits": [(1, [8])], "seed": 0}
+    exact, off = real.clone(), real.clone()
+    exact[8] = real[1]  # the later visit is the first one as generated, not the real frame 8
+    off[8] = torch.rand(3, 16, 16, generator=g)
+    src = SceneRevisitConsistency(backbone="alexnet")
+    (a,) = score_episodes([{"video": exact[None]}], [ep], src, 4, 4)
+    (b,) = score_episodes([{"video": off[None]}], [ep], src, 4, 4)
+    assert a.scores["Revisit LPIPS"] == pytest.approx(0.0, abs=1e-4) and a.scores["Revisit MSE"] == 0.0
+    assert b.scores["Revisit LPIPS"] > 5.0 and a.scores["LPIPS"] > 5.0  # frame 1 is not the real frame 8
+
+
 def test_demo_on_recorded_shards(tmp_path):
     from slowfast_vgen.demo import main
 
@@ -113,7 +133,8 @@ def test_demo_on_recorded_shards(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["shards"] == str(tmp_path / "shards") and results["n_episodes"] == 2
     summary = results["summary"]["with Temp-LoRA"]
-    assert {"Revisit PSNR", "Revisit MSE", "Other PSNR", "SRC"} <= set(summary) and "Motion MSE" not in summary
+    assert {"Revisit PSNR", "Revisit MSE", "Revisit LPIPS", "LPIPS", "Other PSNR", "SRC"} <= set(summary)
+    assert "Motion MSE" not in summary and summary["Revisit LPIPS"]["mean"] >= 0
     assert summary["Revisit PSNR"]["n"] == 2 and 0 <= results["memory"]["revisit_psnr_p"] <= 1
     report = (out / "report.md").read_text()
     assert "recorded episodes" in report and "Does the model follow the actions?" not in report

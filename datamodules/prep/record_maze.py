@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from slowfast_vgen.datamodules.prep.record import action_spans, write_episodes
+from slowfast_vgen.datamodules.prep.record import write_episodes
 from slowfast_vgen.datamodules.shards.write import ShardSetWriter
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.seeds import stable_seed
@@ -89,7 +89,7 @@ def record_maze_shards(
                "max_steps": max_steps, "shard_bytes": shard_bytes}
     writer = ShardSetWriter(out, "memory-maze", options, video=video, segment_frames=segment_frames, overlap=overlap,
                             shard_bytes=shard_bytes, limit_shards=limit_shards, overwrite=overwrite,
-                            reverse_actions=mm.REVERSE)
+                            reverse_actions=mm.chunk_reverses())
     summary: dict[str, Any] = {"out": str(out), "episodes": episodes, "resumed_samples": writer.resumed_samples}
     if writer.already_complete:
         return {**summary, "complete": True, "note": "already complete; nothing to do"}
@@ -99,7 +99,7 @@ def record_maze_shards(
     def record(i: int, name: str) -> None:
         rng = np.random.default_rng(stable_seed("maze-policy", seed, i))
         ep = recorder.record_episode(names[i % len(names)], maze_seed(seed, i), rng)
-        writer.write_episode(name, iter(ep["frames"]), mm.FPS, action_spans(ep["labels"]), "game", False,
+        writer.write_episode(name, iter(ep["frames"]), mm.FPS, mm.chunk_spans(ep["labels"]), "game", False,
                              _ground_truth(ep, maze), {"env": "memory-maze", "maze": maze,
                                                        "maze_seed": ep["maze_seed"], "pattern": ep["pattern"]})
         counts["frames"] += len(ep["frames"])

@@ -196,6 +196,7 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> tuple[dict
     from slowfast_vgen.datamodules.common import check_episode
     from slowfast_vgen.generation.long_video import chunk_action
     from slowfast_vgen.metrics import FVD, LPIPS, PSNR, SSIM
+    from slowfast_vgen.metrics.lpips import nearest_upsample
 
     def frame_metrics():
         return {"PSNR": PSNR(max_db=100.0), "SSIM": SSIM(), "LPIPS": LPIPS()}
@@ -206,11 +207,8 @@ def slow_learning_rows(system, episodes, fvd: bool, seed: int = 0) -> tuple[dict
 
     def update(metrics, fake, target):
         for name, m in metrics.items():
-            if name == "LPIPS" and min(fake.shape[-2:]) < 32:  # AlexNet needs >= 31 px: nearest upsampling
-                up = -(-32 // min(fake.shape[-2:]))
-                m.update(*(x.repeat_interleave(up, -1).repeat_interleave(up, -2) for x in (fake, target)))
-            else:
-                m.update(fake, target)
+            small = name == "LPIPS"  # AlexNet needs >= 31 px: the tiny models' frames are upsampled
+            m.update(*(nearest_upsample(x) if small else x for x in (fake, target)))
 
     f_g, f_p = system.generator.chunk_frames, system.generator.context_frames
     for i in tqdm(range(len(episodes)), desc="Table 1: chunks from real context", unit="episode", file=sys.stderr):

@@ -17,9 +17,11 @@ import torch
 from slowfast_vgen.evaluation.revisit import EpisodeResult, paired_difference, summarize
 from slowfast_vgen.io import atomic_path, write_video
 
-HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True, "Revisit PSNR": True, "Other PSNR": True}
-# Smallest differences worth reporting as an effect (units of the table: x100 for SRC and SSIM, dB for PSNR).
-MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5, "Revisit PSNR": 0.1, "Other PSNR": 0.1}
+HIGHER_IS_BETTER = {"SRC": True, "SCuts": False, "PSNR": True, "SSIM": True, "LPIPS": False, "Revisit PSNR": True,
+                    "Revisit LPIPS": False, "Other PSNR": True}
+# Smallest differences worth reporting as an effect (units of the table: x100 for SRC, SSIM and LPIPS, dB for PSNR).
+MIN_EFFECT = {"SRC": 0.5, "SCuts": 0.1, "PSNR": 0.1, "SSIM": 0.5, "LPIPS": 0.5, "Revisit PSNR": 0.1,
+              "Revisit LPIPS": 0.5, "Other PSNR": 0.1}
 MAX_DAMAGE_DB = 0.5  # memory may cost the frames that are not revisits at most this much (issue 13)
 MIN_GAP_CLOSED = 0.25  # ... and must close a quarter of the floor-to-ceiling gap
 MAX_P = 0.05  # ... with a paired p below this
@@ -38,7 +40,8 @@ MEMORY_TEXT = (
 RECORDED_MEMORY_TEXT = (
     "Recorded episodes: a revisit is a whole frame whose pose (position within the tolerance, same angle) matches "
     "an earlier frame while no context frame of its chunk does (the place had left the window). Revisit PSNR: "
-    "those frames against the first visit as generated (frame 0: the real one). Floor: no memory. Ceiling: a "
+    "those frames against the first visit as generated (frame 0: the real one); Revisit LPIPS (×100): the same "
+    "pairs by LPIPS. Floor: no memory. Ceiling: a "
     "perfect memory (squared error 0). Gap closed: the share of the floor's squared error that Temp-LoRA "
     "removes. Other PSNR: the other generated frames against the real ones; its drop is what memory costs "
     "elsewhere. Episodes with no such frame have no revisit scores (n in results.json)."
@@ -47,17 +50,17 @@ RECORDED_MEMORY_TEXT = (
 WORLD_TEXT = (
     "{n} episodes of the built-in world: each leaves its start and comes back along the same path. "
     "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a "
-    "place and later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): "
+    "place and later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100)/LPIPS(×100): "
     "generated vs real frames at the revisited frames. Places beyond the first view are ones the model has never "
-    "been shown: at best it can come back to what it generated itself, so PSNR/SSIM against the real frames stay "
-    "low there even for a perfect memory; SRC compares the video with itself."
+    "been shown: at best it can come back to what it generated itself, so PSNR/SSIM/LPIPS against the real frames "
+    "stay poor there even for a perfect memory; SRC compares the video with itself."
 )
 
 RECORDED_TEXT = (
     "{n} recorded episodes ({source}), each generated from its first real frame under its own action stream. "
     "Mean ± standard deviation over episodes. SRC: cosine similarity ×100 between the first visit of a place and "
-    "later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100): generated vs real frames "
-    "at the revisited frames."
+    "later visits of the generated video; SCuts: scene cuts per video; PSNR/SSIM(×100)/LPIPS(×100): generated vs "
+    "real frames at the revisited frames."
 )
 
 PATTERN_TEXT = (
@@ -209,8 +212,9 @@ def pattern_memory(without: list[EpisodeResult], with_lora: list[EpisodeResult])
     for name in sorted({a.pattern for a in without if a.pattern}):
         pairs = [(a, b) for a, b in zip(without, with_lora) if a.pattern == name]
         stats = _statistics([a for a, _ in pairs], [b for _, b in pairs])
-        out[name] = {"n_episodes": len(pairs), **stats["memory"],
-                     "revisit_psnr": stats["paired_difference_with_minus_without"]["Revisit PSNR"]}
+        diffs = stats["paired_difference_with_minus_without"]
+        out[name] = {"n_episodes": len(pairs), **stats["memory"], "revisit_psnr": diffs["Revisit PSNR"],
+                     **({"revisit_lpips": diffs["Revisit LPIPS"]} if "Revisit LPIPS" in diffs else {})}
     return out
 
 
@@ -221,7 +225,9 @@ def pattern_rows(by_pattern: dict[str, dict[str, Any]]) -> list[str]:
         d, mse = row["revisit_psnr"], row["revisit_mse"]
         lines.append(f"{name:>14}: gap closed {100 * row['gap_closed']:.1f} % (Revisit MSE "
                      f"{mse['floor_no_memory']:.4f} -> {mse['temp_lora']:.4f}), Revisit PSNR {d['mean']:+.2f} dB "
-                     f"(p = {d['p']:.3g}), n = {d['n']} of {row['n_episodes']} episodes")
+                     f"(p = {d['p']:.3g}), n = {d['n']} of {row['n_episodes']} episodes"
+                     + (f", Revisit LPIPS {row['revisit_lpips']['mean']:+.2f} (p = {row['revisit_lpips']['p']:.3g})"
+                        if "revisit_lpips" in row else ""))
     return lines
 
 
@@ -264,15 +270,18 @@ def _memory_lines(memory: dict[str, Any], text: str = MEMORY_TEXT) -> list[str]:
 
 
 def _pattern_lines(by_pattern: dict[str, dict[str, Any]]) -> list[str]:
+    lpips = all("revisit_lpips" in row for row in by_pattern.values())  # recorded episodes
     rows = []
     for name, row in by_pattern.items():
         d, mse = row["revisit_psnr"], row["revisit_mse"]
+        extra = f" {row['revisit_lpips']['mean']:+.2f} ± {row['revisit_lpips']['std']:.2f} |" if lpips else ""
         rows.append(f"| {name} | {d['n']} of {row['n_episodes']} | {mse['floor_no_memory']:.4f} | "
                     f"{mse['temp_lora']:.4f} | {100 * row['gap_closed']:.1f} % | {d['mean']:+.2f} ± {d['std']:.2f} | "
-                    f"{d['p']:.3g} |")
+                    f"{d['p']:.3g} |{extra}")
     return ["### By revisit pattern", "", PATTERN_TEXT, "",
             "| pattern | n | Revisit MSE ↓ no memory | Revisit MSE ↓ Temp-LoRA | gap closed | "
-            "Revisit PSNR with − without (dB) | paired p |", "|---|---|---|---|---|---|---|", *rows, ""]
+            "Revisit PSNR with − without (dB) | paired p |" + (" Revisit LPIPS with − without |" if lpips else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if lpips else ""), *rows, ""]
 
 
 def _motion_table(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:

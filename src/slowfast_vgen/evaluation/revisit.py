@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from slowfast_vgen.callbacks import TempLoRA
 from slowfast_vgen.errors import UserInputError
-from slowfast_vgen.metrics import PSNR, SSIM, SceneCuts, SceneRevisitConsistency
+from slowfast_vgen.metrics import LPIPS, PSNR, SSIM, SceneCuts, SceneRevisitConsistency
+from slowfast_vgen.metrics.lpips import nearest_upsample
 
 
 @dataclass
@@ -70,6 +71,13 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
     results = []
     from slowfast_vgen.datamodules.common import check_episode
 
+    lpips = LPIPS()  # x100, per frame pair, mean over the pairs
+
+    def lpips_of(frames: torch.Tensor, reference: torch.Tensor) -> float:
+        lpips.reset()
+        lpips.update(nearest_upsample(frames)[None], nearest_upsample(reference)[None])
+        return float(lpips.compute())
+
     for out, ep in zip(outputs, (episodes[i] for i in range(len(episodes)))):
         check_episode(ep, chunk_frames, where=f"episode {ep.get('episode', ep.get('seed'))}")
         video, real = out["video"][0], ep["frames"]
@@ -77,7 +85,7 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
         later = sorted(j for _, js in revisits for j in js)
         cuts = SceneCuts()
         cuts.update(video[None])
-        scores = {"SRC": math.nan, "SCuts": math.nan, "PSNR": math.nan, "SSIM": math.nan}
+        scores = {"SRC": math.nan, "SCuts": math.nan, "PSNR": math.nan, "SSIM": math.nan, "LPIPS": math.nan}
         similarity = []
         if later:  # a recorded episode may have no frame that needs memory: its revisit scores are NaN
             psnr, ssim = PSNR(max_db=100.0), SSIM()
@@ -90,7 +98,8 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
                 feats[k] = f
             similarity = [(j, float(torch.nn.functional.cosine_similarity(feats[i], feats[j], dim=0)))
                           for i, js in revisits for j in js]
-            scores.update({"SRC": 100 * src_score, "PSNR": float(psnr.compute()), "SSIM": float(ssim.compute())})
+            scores.update({"SRC": 100 * src_score, "PSNR": float(psnr.compute()), "SSIM": float(ssim.compute()),
+                           "LPIPS": lpips_of(video[later], real[later])})
         scores["SCuts"] = float(cuts.compute())
         if "positions" in ep:  # the built-in world: the camera of every pixel is known
             following = action_following(video, ep["positions"], ep["world_size"])  # decoded: already in [0, 1]
@@ -105,7 +114,10 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
             revisited = set(later)
             others = [t for t in range(1, video.shape[0]) if t not in revisited]
             other = float(((video[others].float() - real[others].float()) ** 2).mean())
+            pairs = [(i, j) for i, js in revisits for j in js]  # LPIPS of each later visit against its first one
             following = {"Revisit PSNR": memory["Revisit PSNR"], "Revisit MSE": memory["Revisit MSE"],
+                         "Revisit LPIPS": lpips_of(video[[j for _, j in pairs]], video[[i for i, _ in pairs]])
+                         if pairs else math.nan,
                          "Other PSNR": min(100.0, 10 * math.log10(1 / max(other, 1e-10)))}
         updates = [u for u in out.get("updates", []) if u is not None]
         results.append(EpisodeResult(

@@ -58,6 +58,13 @@ def build_backbone(net: str, arrays: dict[str, np.ndarray]) -> nn.Sequential:
     return features.eval().requires_grad_(False)
 
 
+def nearest_upsample(x: Tensor, side: int = 32) -> Tensor:
+    """Frames ``(..., H, W)`` upsampled (nearest) by the smallest integer factor that makes both sides >= ``side``:
+    the tiny models' 16x16 frames are scored as blocks (AlexNet's LPIPS needs >= 31 px)."""
+    factor = -(-side // min(x.shape[-2:]))
+    return x if factor <= 1 else x.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
+
+
 class LPIPSNet(nn.Module):
     """LPIPS v0.1 distance between image batches ``(N, 3, H, W)`` in [-1, 1]; returns ``(N,)``."""
 

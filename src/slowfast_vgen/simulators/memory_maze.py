@@ -9,7 +9,9 @@ then 18.4 degrees per step; both carry on for one step after they stop (0.08 cel
 continuous, so a return is never exact: revisits are pairs of poses within stated tolerances.
 
 A scripted agent plans on the maze grid (breadth-first search over the layout) and follows the path from cell
-centre to cell centre with a heading controller, in one of these revisit patterns:
+centre to cell centre with a heading controller that turns in place or goes straight (four of the six actions; the
+recording's chunks are 4 frames named by their frames' actions, :func:`chunk_spans`), in one of these revisit
+patterns:
 
 * ``retrace``: out along a path, turn around, back the same way, turn to the start heading;
 * ``loop``: around a cycle of the maze that encloses a wall, passing the cycle's first cell again on the heading
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import math
 import os
@@ -47,7 +50,35 @@ FPS = 4.0  # memory_maze.tasks.DEFAULT_CONTROL_FREQ
 # forward + left, forward + right); combined texts follow `sfvgen data convert keylog` (" and ")
 ACTIONS: dict[str, int] = {"stay": 0, "go forward": 1, "turn left": 2, "turn right": 3,
                            "go forward and turn left": 4, "go forward and turn right": 5}
-REVERSE = {"stay": "stay", "turn left": "turn right", "turn right": "turn left"}  # moving has no reverse
+# A chunk's action text is its frames' actions in order, one word each ("forward forward left left"): at 4 steps
+# per second the agent changes action every two frames or so, so chunks of one action would be one or two frames
+# long. The scripted agent turns in place or goes straight (never both), so four words describe every frame.
+WORDS = {"stay": "stay", "go forward": "forward", "turn left": "left", "turn right": "right"}
+UNDO = {"stay": "stay", "left": "right", "right": "left"}  # "forward" has no reverse
+CHUNK_FRAMES = 4
+
+
+def chunk_spans(labels: list[str | None], frames: int = CHUNK_FRAMES) -> list[tuple[int, int, str]]:
+    """Per-frame labels (frame 0: None) -> ``(start, stop, text)`` chunks of ``frames`` frames from frame 1 (the
+    last one shorter), each named by its frames' words (:data:`WORDS`)."""
+    if frames < 1:
+        raise UserInputError(f"chunk frames {frames}: expected >= 1")
+    bad = sorted({t for t in labels[1:] if t not in WORDS})
+    if bad:
+        raise UserInputError(f"action {bad[0]!r} has no chunk word: expected one of {', '.join(WORDS)}")
+    return [(a, min(a + frames, len(labels)), " ".join(WORDS[t] for t in labels[a:a + frames]))  # type: ignore[index]
+            for a in range(1, len(labels), frames)]
+
+
+def chunk_reverses(frames: int = CHUNK_FRAMES) -> dict[str, str]:
+    """The reverse of every chunk text that has one (turns and stops only): the words backwards, each undone."""
+    out: dict[str, str] = {}
+    for n in range(1, frames + 1):
+        for words in itertools.product(UNDO, repeat=n):
+            out[" ".join(words)] = " ".join(UNDO[w] for w in reversed(words))
+    return out
+
+
 PATTERNS = ("retrace", "loop", "detour", "explore-return")
 FALLBACK = {"loop": "detour", "detour": "retrace"}
 
@@ -64,8 +95,7 @@ ROUTE_CELLS = 3  # a revisit is "retraced" when the agent came back through the 
 # The heading controller (measured kinematics above)
 TURN_STEP = 18.4  # degrees per turn step
 REACH, REACH_LAST = 0.3, 0.12  # a cell centre is reached within this distance (the last one of a leg: closer)
-TURN_IN_PLACE = 30.0  # heading error (degrees) above which the agent turns without moving
-STEER = 8.0  # below this it goes straight
+TURN_IN_PLACE = 12.0  # heading error (degrees) above which the agent turns (half a turn step and a margin)
 OUT_CELLS = (3, 7)  # cells from the start to the far end of the way out (explore-return: 2-5, then 3-8 on)
 WAYPOINT_STEPS = 40  # steps allowed to reach one cell centre
 
@@ -360,11 +390,10 @@ class MazeRecorder:
                     continue
                 if distance < (REACH_LAST if stop else REACH):
                     break
-                side = "left" if error > 0 else "right"  # counterclockwise is left (y points up the layout)
-                if abs(error) > TURN_IN_PLACE or (distance < 0.6 and abs(error) > 2 * STEER):
-                    self._act(f"turn {side}")
-                elif abs(error) > STEER:
-                    self._act(f"go forward and turn {side}")
+                # turn in place or go straight, never both: each frame has one of four actions, so a chunk's
+                # text (its frames' words, CHUNK_WORDS) is exact
+                if abs(error) > TURN_IN_PLACE:
+                    self._act("turn left" if error > 0 else "turn right")  # counterclockwise is left (y is up)
                 else:
                     self._act("go forward")
             else:
