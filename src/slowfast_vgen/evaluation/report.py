@@ -38,7 +38,7 @@ MEMORY_TEXT = (
 )
 
 RECORDED_MEMORY_TEXT = (
-    "Recorded episodes: a revisit is a whole frame whose pose (position within the tolerance, same angle) matches "
+    "Recorded episodes: a revisit is a whole frame whose pose (position and angle within the data's tolerances) matches "
     "an earlier frame while no context frame of its chunk does (the place had left the window). Revisit PSNR: "
     "those frames against the first visit as generated (frame 0: the real one); Revisit LPIPS (×100): the same "
     "pairs by LPIPS. Floor: no memory. Ceiling: a "
