@@ -122,7 +122,7 @@ def test_recorded_scores_include_lpips_at_the_revisits():
     assert b.scores["Revisit LPIPS"] > 5.0 and a.scores["LPIPS"] > 5.0  # frame 1 is not the real frame 8
 
 
-def test_demo_on_recorded_shards(tmp_path):
+def test_demo_on_recorded_shards(tmp_path, capsys):
     from slowfast_vgen.demo import main
 
     world_shards(tmp_path / "shards", chunk_frames=4, chunks_out=3)
@@ -132,6 +132,8 @@ def test_demo_on_recorded_shards(tmp_path):
                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["shards"] == str(tmp_path / "shards") and results["n_episodes"] == 2
+    err = capsys.readouterr().err  # not a terminal: a line per generated episode, in each arm
+    assert err.count("episode 1/2: ") == 2 and err.count("episode 2/2: ") == 2
     summary = results["summary"]["with Temp-LoRA"]
     assert {"Revisit PSNR", "Revisit MSE", "Revisit LPIPS", "LPIPS", "Other PSNR", "SRC"} <= set(summary)
     assert "Motion MSE" not in summary and summary["Revisit LPIPS"]["mean"] >= 0

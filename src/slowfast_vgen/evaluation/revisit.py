@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +40,26 @@ class EpisodeResult:
     pattern: str | None = None  # the recorded episode's revisit pattern (Memory Maze: retrace, loop, ...), if any
 
 
+class EpisodeLines(L.Callback):
+    """Prints ``episode i/n: s`` to stderr after each generated episode (long benchmarks run in the background)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.start = total, time.perf_counter()
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        print(f"episode {batch_idx + 1}/{self.total}: {time.perf_counter() - self.start:.0f} s", file=sys.stderr,
+              flush=True)
+
+
 def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: Any, progress: bool = True) -> list[dict]:
     """``trainer.predict`` over an episode dataset; ``temp_lora``: the TempLoRA callback's settings (a
     :class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict), or None: without Temp-LoRA."""
     from slowfast_vgen.datamodules.world import collate_episode
 
-    callbacks = [TempLoRA(temp_lora)] if temp_lora is not None else []
+    callbacks: list[L.Callback] = [TempLoRA(temp_lora)] if temp_lora is not None else []
+    if progress and not sys.stderr.isatty():  # a log file gets the bar only at the end: a line per episode instead
+        callbacks.append(EpisodeLines(len(episodes)))
     trainer = L.Trainer(
         accelerator="auto", devices=1, logger=False, callbacks=callbacks, enable_progress_bar=progress,
         enable_model_summary=False, inference_mode=False,
