@@ -73,7 +73,7 @@ def test_the_end_to_end_children_run_the_same_cheaper_update():
     from slowfast_vgen.simulators.world import REVERSE
 
     # the default: the preset every command starts from, with the world's action reversals (the bench's chunks)
-    assert _parse(["--preset", "tiny"]) == TempLoRASettings.build({"preset": "episodic-fast"}, reverse_actions=REVERSE)
+    assert _parse(["--preset", "tiny"]) == TempLoRASettings.build({"preset": "episodic-lazy"}, reverse_actions=REVERSE)
     r = bench.run_mode("tiny", True, chunks=1, steps=1, device="cpu", settings=TempLoRASettings.build(parent, rank=4))
     assert r["temp_lora"]["update_frames"] == 2 and r["temp_lora"]["checkpointing"]
     all_layers = bench.run_mode("tiny", True, chunks=1, steps=1, device="cpu", settings=PAPER4)["temp_lora"]["lora_layers"]

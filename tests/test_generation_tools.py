@@ -89,14 +89,17 @@ def test_demo_writes_a_report_from_its_own_run(tmp_path):
                  "--chunks-out", "2", "--steps", "2", "--rank", "4", "--steps-per-chunk", "2", "--draws", "3",
                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    # the shipped memory configuration unless told otherwise (docs/memory.md, Search 13), unguided
+    # the shipped memory configuration unless told otherwise (docs/memory.md, Search 15), unguided
     lora = results["settings"]["temp_lora"]
     assert lora["read_gate"] == 1.0 and lora["write"] == "rehearsal" and lora["turns"] and lora["steps_per_chunk"] == 2
-    assert lora["preset"] == "episodic-fast" and lora["reverse_actions"]["go left"] == "go right"  # the world's
+    assert lora["preset"] == "episodic-lazy" and lora["reverse_actions"]["go left"] == "go right"  # the world's
     assert lora["lr_ratio"] == 8.0 and lora["write_where"] == "new-ground" and lora["lr"] == 1.5e-3
+    assert lora["write_every"] == 3
     assert results["settings"]["guidance"] == {"image": 1.0, "text": 1.0}
     for episode in results["episodes"]:  # which chunks read Theta, and why (chunk 0: nothing written yet)
         assert 0 not in episode["theta_read_chunks_with"] and episode["recognition_with"][0] is None
+        # the chunks of the way out wait (write_every 3) and are written before Theta is first read: 2 steps of 3
+        assert episode["clip_passes_with"] == (6 if episode["theta_read_chunks_with"] else 0)
     assert set(results["summary"]) == {"without Temp-LoRA", "with Temp-LoRA"}
     assert len(results["episodes"]) == 2 and results["settings"]["steps"] == 2
     assert {"Motion MSE", "Still MSE", "Revisit PSNR", "Other PSNR"} <= set(results["summary"]["with Temp-LoRA"])

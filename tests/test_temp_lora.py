@@ -328,3 +328,33 @@ def test_new_ground_writes_skip_recognised_chunks_and_lora_plus_trains_b_faster(
         TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), write_where="new-ground")
     with pytest.raises(UserInputError, match="lr_ratio > 0"):
         TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), lr_ratio=0)
+
+
+def test_write_every_k_writes_waiting_chunks_together_and_before_theta_is_read():
+    """write_every=2: the first chunk of new ground waits (no UNet call), the second writes both (the rehearsal draws
+    from every window of the episode); a chunk left waiting is written before Theta is read, and that write is the
+    record of the chunk that read it. Every write counts its clip-passes."""
+    kw = dict(write="rehearsal", reverse=True, turns=True, draws=4, clean_context=2, text_condition="action",
+              reverse_actions={"go left": "go right", "go right": "go left"}, read_gate=1.0, write_where="new-ground",
+              steps_per_chunk=3)
+    _, learner = make(True, write_every=2, **kw)
+    dim = learner.unet.config.cross_attention_dim
+    null, left, right = (torch.full((1, 2, dim), v) for v in (0.0, 1.0, 2.0))
+    frames = torch.randn(1, learner.unet.config.in_channels, 11, 4, 4)
+    calls = []
+    handle = learner.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    waiting = learner.update(frames[:, :, :2], frames[:, :, 2:5], null, left, right)
+    assert not waiting.written and not calls and waiting.clip_passes == 0 and len(learner.episode) == 5
+    pair = learner.update(frames[:, :, 3:5], frames[:, :, 5:8], null, left, right)
+    assert pair.written and len(calls) == 3 and learner.waiting is None
+    assert pair.clip_passes == 3 * 4  # 3 steps of the chunk's own clip and 3 drawn from the episode
+    alone = learner.update(frames[:, :, 6:8], frames[:, :, 8:11], null, left, right)
+    assert not alone.written and learner.waiting is not None
+    before = [p.detach().clone() for p in learner.params]
+    read, _ = learner.reads(frames[:, :, 9:11], right)  # the turn back from the end: recognised, so Theta is read ...
+    assert read and learner.waiting is None and any(not torch.equal(a, p) for a, p in zip(before, learner.params))
+    record = learner.update(frames[:, :, 9:11], frames[:, :, 6:9].flip(2), null, right, left, recognised=True)
+    assert record.written and record.chunk == 3 and record.clip_passes == 12  # ... after the waiting chunk is written
+    handle.remove()
+    with pytest.raises(UserInputError, match="write_every > 1 needs"):
+        TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), write_every=2)

@@ -6,7 +6,7 @@
    ``--train-minutes``.
 2. Generate revisit episodes of the built-in world (leave a place, come back) with and without
    Temp-LoRA, through ``trainer.predict`` and the TempLoRA callback; by default with the Temp-LoRA configuration
-   that remembers at the lowest price found (``episodic-fast``, unguided; docs/memory.md, Search 13).
+   that remembers at the lowest price found (``episodic-lazy``, unguided; docs/memory.md, Search 15).
 3. Score them (SRC, SCuts, PSNR/SSIM at revisited frames vs the real world) and write a report folder:
    ``index.html``, ``report.md``, ``results.json``, ``similarity.png``, ``videos/*.mp4|gif``.
 
@@ -172,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{memory['damage_other_frames_db']:+.2f} dB")
     for line in pattern_rows(results.get("memory_by_pattern") or {}):
         print(line)
+    passes = [r.clip_passes for r in with_lora if r.clip_passes is not None]
     print(f"generation: {seconds_without:.0f} s without memory, {seconds_with:.0f} s with "
-          f"({seconds_with / seconds_without:.1f}x)")
+          f"({seconds_with / seconds_without:.1f}x); the memory's writes: "
+          f"{sum(passes) / max(1, len(passes)):.0f} clip-passes per episode")
     print(f"report: {page.resolve()}")
     print(f"videos: {(args.out / 'videos').resolve()} (mp4 + GIF)")
     print(f"done in {settings['seconds']} s")

@@ -147,7 +147,8 @@ def write_report(
         "memory": memory, **({"memory_by_pattern": by_pattern} if by_pattern else {}), "n_episodes": len(without),
         "episodes": [{"seed": a.seed, **({"pattern": a.pattern} if a.pattern else {}), "without": a.scores,
                       "with": b.scores, "rollbacks_with": b.rollbacks, "theta_read_chunks_with": b.read_chunks,
-                      "recognition_with": b.recognition} for a, b in zip(without, with_lora)],
+                      "recognition_with": b.recognition, "clip_passes_with": b.clip_passes}
+                     for a, b in zip(without, with_lora)],
         "settings": settings,
     }
     with atomic_path(out / "results.json") as tmp:

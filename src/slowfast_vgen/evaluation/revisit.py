@@ -38,6 +38,7 @@ class EpisodeResult:
     read_chunks: list[int] | None = None  # chunks that generation applied Theta to (``read_gate``); None: no memory
     recognition: list[float | None] | None = None  # ``read_gate``: each chunk's recognition ratio (None: inf / not gated)
     pattern: str | None = None  # the recorded episode's revisit pattern (Memory Maze: retrace, loop, ...), if any
+    clip_passes: int | None = None  # the memory's writes: clips passed forward + backward (None: no memory)
 
 
 class EpisodeLines(L.Callback):
@@ -141,7 +142,7 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
             similarity=sorted(similarity), rollbacks=sum(u.rolled_back for u in updates),
             read_chunks=[u.chunk for u in updates if u.read] if updates else None,
             recognition=[u.recognition if math.isfinite(u.recognition) else None for u in updates] if updates else None,
-            pattern=ep.get("pattern"),
+            pattern=ep.get("pattern"), clip_passes=sum(u.clip_passes for u in updates) if updates else None,
         ))
     return results
 

@@ -134,10 +134,11 @@ class LongVideoGenerator:
             action, n_frames = chunk_action(item, self.chunk_frames)
             text = self.text_encoder([action] * b).to(device)  # Alg. 1a l.7: C_i from the user
             read, recognition = False, math.nan
+            looked = time.perf_counter()
             if self.temp_lora is not None:  # the read policy: Phi + Theta (l.8), or Phi alone where it withholds Theta
-                read, recognition = self.temp_lora.reads(context, text)
+                read, recognition = self.temp_lora.reads(context, text)  # (with write_every: chunks waiting written)
                 self.temp_lora.set_enabled(read)
-            start = time.perf_counter()  # the sampling's (the read policy's lookup is not timed)
+            start = time.perf_counter()  # the sampling's; the lookup (and a write before reading) counts as update
             merge = read and self.merge_for_sampling and not sharded
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
                 z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
@@ -150,7 +151,7 @@ class LongVideoGenerator:
                 back_text = None if back is None else self.text_encoder([back] * b).to(device)
                 update = self.temp_lora.update(context, new, null, text, back_text, recognised=read)
                 update.read, update.recognition = read, recognition
-                updated = time.perf_counter() - sampled
+                updated = time.perf_counter() - sampled + start - looked
                 bar.set_postfix_str(f"sampling {sampled - start:.1f} s, update {updated:.1f} s"
                                     + (", Theta read" if read else "") + ("" if update.written else ", not written"),
                                     refresh=False)

@@ -53,6 +53,7 @@ class UpdateRecord:
     read: bool = True  # generation applied Theta to this chunk (the read policy may withhold it)
     written: bool = True  # the update ran (``write_where="new-ground"`` skips a chunk the memory recognised)
     recognition: float = math.nan  # ``read_gate``: the chunk's recognition ratio
+    clip_passes: int = 0  # clips passed forward + backward through the UNet by the write (its cost)
 
 
 class TempLoRA:
@@ -115,6 +116,9 @@ class TempLoRA:
         self.history: list[UpdateRecord] = []
         self.chunks_seen = 0
         self.episode = Episode()
+        self.waiting: tuple | None = None  # write_every: the last chunk not yet written, and how many wait
+        self.n_waiting = 0
+        self.caught_up: UpdateRecord | None = None  # the write :meth:`reads` made before reading Theta
 
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
@@ -133,8 +137,12 @@ class TempLoRA:
         return (s.reverse_actions or {}).get(action)
 
     def reads(self, context: torch.Tensor, text: torch.Tensor | None) -> tuple[bool, float]:
-        """Does generation apply Theta to the chunk after ``context`` under ``text``? (read, recognition ratio)."""
-        return self.read(self.episode, context, text)
+        """Does generation apply Theta to the chunk after ``context`` under ``text``? (read, recognition ratio).
+        Chunks that wait to be written (``write_every``) are written first where Theta is read."""
+        read, ratio = self.read(self.episode, context, text)
+        if read and self.waiting is not None:
+            self.caught_up = self._write_waiting()
+        return read, ratio
 
     # -- fast learning (Eq. 3, Alg. 1a l.11-14) ----------------------------------------------------------
     def update(self, context: torch.Tensor, generated: torch.Tensor, null_text: torch.Tensor,
@@ -163,10 +171,24 @@ class TempLoRA:
             n_clip_input = max(0, n_input - (z0.shape[2] - s.update_frames))
         self.episode.clip = (clip.shape[2], n_clip_input)
         if recognised and s.write_where == "new-ground":  # known ground: kept in the episode, not written again
+            if self.caught_up is not None:  # ... but the chunks that waited were written before this one was read
+                record, self.caught_up = self.caught_up, None
+                record.chunk = chunk
+                return record
             record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
             self.history.append(record)
             return record
-        return self._write(clip, n_clip_input, text, cond, null_text, chunk)
+        self.waiting, self.n_waiting = (clip, n_clip_input, text, cond, null_text, chunk), self.n_waiting + 1
+        if self.n_waiting < s.write_every:  # new ground, written with the next write (its clips are in the episode)
+            record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
+            self.history.append(record)
+            return record
+        return self._write_waiting()
+
+    def _write_waiting(self) -> UpdateRecord:
+        args, self.waiting, self.n_waiting = self.waiting, None, 0
+        with torch.inference_mode(False):  # :meth:`reads` may be called inside trainer.predict
+            return self._write(*args)
 
     def _write(self, clip: torch.Tensor, n_clip_input: int, text: torch.Tensor | None, cond: torch.Tensor,
                null_text: torch.Tensor, chunk: int) -> UpdateRecord:
@@ -180,6 +202,7 @@ class TempLoRA:
         for step in range(s.steps_per_chunk):
             clips, n_clean, texts = self.write.batch(self.episode, clip, n_clip_input, text, cond, null_text, g)
             n = clips.shape[0]
+            record.clip_passes += n
             t = torch.randint(0, self.diffusion.num_train_timesteps, (n,), generator=g).to(clip.device)
             noise = torch.randn(clips.shape, generator=g).to(clip.device, clip.dtype)
             batch = (clips, torch.full((n,), n_clean, dtype=torch.long, device=clip.device), t, noise, texts)

@@ -25,10 +25,17 @@ def save_memory(learner: Any, path: str | Path, extra: dict[str, torch.Tensor] |
     s = learner.settings
     meta = {"rank": s.rank, "target_modules": list(s.target_modules) if not isinstance(s.target_modules, str)
             else s.target_modules, "chunks_seen": learner.chunks_seen, "settings": json.dumps(asdict(s), default=str)}
+    if learner.waiting is not None:  # write_every: the chunks not written yet, written by the continued world
+        clip, n_input, text, cond, null, chunk = learner.waiting
+        meta["waiting"] = {"n_input": n_input, "chunk": chunk, "count": learner.n_waiting, "text": text is not None}
     tensors = {f"lora.{k}": v for k, v in learner.lora.state_dict().items()}
     for i, p in enumerate(learner.params):  # the optimizer's state ("adam" in the keys: files of earlier versions)
         tensors.update({f"adam.{i}.{k}": torch.as_tensor(v) for k, v in learner.optimizer.state.get(p, {}).items()})
     tensors.update({f"episode.{k}": v for k, v in learner.episode.state_tensors().items()})
+    if learner.waiting is not None:
+        clip, _, text, cond, null, _ = learner.waiting
+        tensors.update({f"waiting.{k}": v.clone() for k, v in (("clip", clip), ("text", text), ("cond", cond),
+                                                                 ("null", null)) if v is not None})  # own storage each
     tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     with atomic_path(Path(path)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
@@ -62,4 +69,11 @@ def load_memory(learner: Any, path: str | Path) -> dict[str, torch.Tensor]:
     learner.chunks_seen = int(meta.get("chunks_seen", 0))
     episode = learner.episode = Episode()
     episode.load_tensors({k[8:]: v for k, v in tensors.items() if k.startswith("episode.")}, device)
+    learner.waiting, learner.n_waiting, learner.caught_up = None, 0, None
+    if meta.get("waiting"):
+        w = meta["waiting"]
+        text = tensors["waiting.text"].to(device) if w["text"] else None
+        learner.waiting = (tensors["waiting.clip"].to(device), int(w["n_input"]), text,
+                           tensors["waiting.cond"].to(device), tensors["waiting.null"].to(device), int(w["chunk"]))
+        learner.n_waiting = int(w["count"])
     return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
