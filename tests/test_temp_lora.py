@@ -355,6 +355,9 @@ def test_write_every_k_writes_waiting_chunks_together_and_before_theta_is_read()
     assert read and learner.waiting is None and any(not torch.equal(a, p) for a, p in zip(before, learner.params))
     record = learner.update(frames[:, :, 9:11], frames[:, :, 6:9].flip(2), null, right, left, recognised=True)
     assert record.written and record.chunk == 3 and record.clip_passes == 12  # ... after the waiting chunk is written
+    assert learner.write_waiting() is None  # nothing waits
+    learner.update(frames[:, :, 8:10], frames[:, :, 5:8].flip(2), null, right, left)  # new ground: waits ...
+    assert learner.write_waiting().clip_passes == 12 and learner.waiting is None  # ... until Theta is used elsewhere
     handle.remove()
     with pytest.raises(UserInputError, match="write_every > 1 needs"):
         TempLoRA(build_unet3d("tiny"), MaskedDiffusion(), write_every=2)

@@ -151,6 +151,7 @@ def write_memory(learner: Any, system: Any, episode: dict, chunks: int | None = 
         back = learner.reverse_action(action)
         records.append(learner.update(ctx, z[:, :, s : s + gen.chunk_frames], null, system.encode_text([action]),
                                       None if back is None else system.encode_text([back])))
+    learner.write_waiting()  # write_every: Theta is measured next, so what waits is written (as before a read)
     return records
 
 

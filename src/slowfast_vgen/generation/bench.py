@@ -140,8 +140,9 @@ def run_components(preset: str, device: str, dtype: str, settings: Any, repeats:
     learner = TempLoRA(unet, diffusion, settings)
     described = {"update_steps": learner.settings.steps_per_chunk, "update_draws": learner.settings.draws}
 
-    def update():
+    def update():  # one whole write (with write_every a chunk would otherwise only wait)
         learner.update(context, new, null, text, back)
+        learner.write_waiting()
 
     if update_only:
         return {"phases": {"update": timed(update, "update")}, "weights_mb": round(weights_mb, 1),

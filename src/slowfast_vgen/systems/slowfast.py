@@ -114,6 +114,7 @@ class SlowFastLoopSystem(SlowLearningSystem):
         self.learner.reset()  # l.6: Theta_0^e
         tensors: dict[str, torch.Tensor] = {}
         for i in range(len(chunks) - 1):
+            self.learner.write_waiting()  # write_every: Theta_i is used by the outer loop, so it holds X_0..X_i
             for name, value in self._theta().items():  # l.8: record Theta_i BEFORE it sees X_{i+1}
                 tensors[f"theta.{i}.{name}"] = value.detach().to("cpu", copy=True)
             reverse = self.learner.reverse_action(actions[i])

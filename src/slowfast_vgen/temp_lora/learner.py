@@ -140,8 +140,8 @@ class TempLoRA:
         """Does generation apply Theta to the chunk after ``context`` under ``text``? (read, recognition ratio).
         Chunks that wait to be written (``write_every``) are written first where Theta is read."""
         read, ratio = self.read(self.episode, context, text)
-        if read and self.waiting is not None:
-            self.caught_up = self._write_waiting()
+        if read:
+            self.caught_up = self.write_waiting()
         return read, ratio
 
     # -- fast learning (Eq. 3, Alg. 1a l.11-14) ----------------------------------------------------------
@@ -183,9 +183,13 @@ class TempLoRA:
             record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
             self.history.append(record)
             return record
-        return self._write_waiting()
+        return self.write_waiting()
 
-    def _write_waiting(self) -> UpdateRecord:
+    def write_waiting(self) -> UpdateRecord | None:
+        """Write the chunks that wait (``write_every``) now; None if none waits. Generation's read does it before
+        Theta is applied; call it wherever Theta is used otherwise (the slow-fast loop's Theta_i, a diagnostic)."""
+        if self.waiting is None:
+            return None
         args, self.waiting, self.n_waiting = self.waiting, None, 0
         with torch.inference_mode(False):  # :meth:`reads` may be called inside trainer.predict
             return self._write(*args)

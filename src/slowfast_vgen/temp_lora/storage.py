@@ -1,8 +1,8 @@
 """A Temp-LoRA memory on disk (``--memory-out`` / ``--memory-in``): one safetensors file, data and never code.
 
-It holds Theta, its optimizer's state, the episode that the write and read policies use (frames and texts) and the
-caller's ``extra`` tensors (e.g. the generator's context and sampler state), so that a continued world rehearses,
-recognises and samples what the uninterrupted one would have.
+It holds Theta, its optimizer's state, the episode that the write and read policies use (frames and texts), the chunk
+waiting to be written (``write_every``) and the caller's ``extra`` tensors (e.g. the generator's context and sampler
+state), so that a continued world rehearses, recognises and samples what the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ def save_memory(learner: Any, path: str | Path, extra: dict[str, torch.Tensor] |
     s = learner.settings
     meta = {"rank": s.rank, "target_modules": list(s.target_modules) if not isinstance(s.target_modules, str)
             else s.target_modules, "chunks_seen": learner.chunks_seen, "settings": json.dumps(asdict(s), default=str)}
-    if learner.waiting is not None:  # write_every: the chunks not written yet, written by the continued world
-        clip, n_input, text, cond, null, chunk = learner.waiting
-        meta["waiting"] = {"n_input": n_input, "chunk": chunk, "count": learner.n_waiting, "text": text is not None}
     tensors = {f"lora.{k}": v for k, v in learner.lora.state_dict().items()}
     for i, p in enumerate(learner.params):  # the optimizer's state ("adam" in the keys: files of earlier versions)
         tensors.update({f"adam.{i}.{k}": torch.as_tensor(v) for k, v in learner.optimizer.state.get(p, {}).items()})
     tensors.update({f"episode.{k}": v for k, v in learner.episode.state_tensors().items()})
-    if learner.waiting is not None:
-        clip, _, text, cond, null, _ = learner.waiting
+    if learner.waiting is not None:  # write_every: the chunks not written yet, written by the continued world
+        clip, n_input, text, cond, null, chunk = learner.waiting
+        meta["waiting"] = {"n_input": n_input, "chunk": chunk, "count": learner.n_waiting, "text": text is not None}
         tensors.update({f"waiting.{k}": v.clone() for k, v in (("clip", clip), ("text", text), ("cond", cond),
                                                                  ("null", null)) if v is not None})  # own storage each
     tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
