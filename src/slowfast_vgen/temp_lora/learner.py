@@ -33,7 +33,7 @@ from slowfast_vgen.temp_lora.adapter import LoRAAdapter, checkpointed_layers
 from slowfast_vgen.temp_lora.read import ReadAlways, ReadWhereRecognised
 from slowfast_vgen.temp_lora.settings import TempLoRASettings
 from slowfast_vgen.temp_lora.storage import load_memory, save_memory
-from slowfast_vgen.temp_lora.write import ChunkWrite, Episode, RehearsalWrite
+from slowfast_vgen.temp_lora.write import ChunkWrite, Episode, RehearsalWrite, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ class TempLoRA:
         self.history: list[UpdateRecord] = []
         self.chunks_seen = 0
         self.episode = Episode()
-        self.waiting: tuple | None = None  # write_every: the last chunk not yet written, and how many wait
-        self.n_waiting = 0
+        self.waiting: Waiting | None = None  # write_every: the chunks not written yet
         self.caught_up: UpdateRecord | None = None  # the write :meth:`reads` made before reading Theta
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -178,8 +177,9 @@ class TempLoRA:
             record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
             self.history.append(record)
             return record
-        self.waiting, self.n_waiting = (clip, n_clip_input, text, cond, null_text, chunk), self.n_waiting + 1
-        if self.n_waiting < s.write_every:  # new ground, written with the next write (its clips are in the episode)
+        count = 1 + (self.waiting.count if self.waiting is not None else 0)
+        self.waiting = Waiting(clip, n_clip_input, text, cond, null_text, chunk, count)
+        if count < s.write_every:  # new ground, written with the next write (its clips are in the episode)
             record = UpdateRecord(chunk=chunk, loss=0.0, grad_norm=0.0, written=False)
             self.history.append(record)
             return record
@@ -190,9 +190,9 @@ class TempLoRA:
         Theta is applied; call it wherever Theta is used otherwise (the slow-fast loop's Theta_i, a diagnostic)."""
         if self.waiting is None:
             return None
-        args, self.waiting, self.n_waiting = self.waiting, None, 0
+        w, self.waiting = self.waiting, None
         with torch.inference_mode(False):  # :meth:`reads` may be called inside trainer.predict
-            return self._write(*args)
+            return self._write(w.clip, w.n_input, w.text, w.cond, w.null, w.chunk)
 
     def _write(self, clip: torch.Tensor, n_clip_input: int, text: torch.Tensor | None, cond: torch.Tensor,
                null_text: torch.Tensor, chunk: int) -> UpdateRecord:

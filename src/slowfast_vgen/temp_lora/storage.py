@@ -16,7 +16,7 @@ import torch
 
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.io import atomic_path, read_safetensors
-from slowfast_vgen.temp_lora.write import Episode
+from slowfast_vgen.temp_lora.write import Episode, Waiting
 
 
 def save_memory(learner: Any, path: str | Path, extra: dict[str, torch.Tensor] | None = None) -> Path:
@@ -29,11 +29,11 @@ def save_memory(learner: Any, path: str | Path, extra: dict[str, torch.Tensor] |
     for i, p in enumerate(learner.params):  # the optimizer's state ("adam" in the keys: files of earlier versions)
         tensors.update({f"adam.{i}.{k}": torch.as_tensor(v) for k, v in learner.optimizer.state.get(p, {}).items()})
     tensors.update({f"episode.{k}": v for k, v in learner.episode.state_tensors().items()})
-    if learner.waiting is not None:  # write_every: the chunks not written yet, written by the continued world
-        clip, n_input, text, cond, null, chunk = learner.waiting
-        meta["waiting"] = {"n_input": n_input, "chunk": chunk, "count": learner.n_waiting, "text": text is not None}
-        tensors.update({f"waiting.{k}": v.clone() for k, v in (("clip", clip), ("text", text), ("cond", cond),
-                                                                 ("null", null)) if v is not None})  # own storage each
+    w = learner.waiting  # write_every: the chunks not written yet, written by the continued world
+    if w is not None:
+        meta["waiting"] = {"n_input": w.n_input, "chunk": w.chunk, "count": w.count}
+        tensors.update({f"waiting.{k}": getattr(w, k).clone() for k in ("clip", "text", "cond", "null")
+                        if getattr(w, k) is not None})  # each in its own storage (safetensors refuses shared ones)
     tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     with atomic_path(Path(path)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
@@ -67,11 +67,11 @@ def load_memory(learner: Any, path: str | Path) -> dict[str, torch.Tensor]:
     learner.chunks_seen = int(meta.get("chunks_seen", 0))
     episode = learner.episode = Episode()
     episode.load_tensors({k[8:]: v for k, v in tensors.items() if k.startswith("episode.")}, device)
-    learner.waiting, learner.n_waiting, learner.caught_up = None, 0, None
+    learner.waiting, learner.caught_up = None, None
     if meta.get("waiting"):
         w = meta["waiting"]
-        text = tensors["waiting.text"].to(device) if w["text"] else None
-        learner.waiting = (tensors["waiting.clip"].to(device), int(w["n_input"]), text,
-                           tensors["waiting.cond"].to(device), tensors["waiting.null"].to(device), int(w["chunk"]))
-        learner.n_waiting = int(w["count"])
+        part = {k: tensors[f"waiting.{k}"].to(device) if f"waiting.{k}" in tensors else None
+                for k in ("clip", "text", "cond", "null")}
+        learner.waiting = Waiting(part["clip"], int(w["n_input"]), part["text"], part["cond"], part["null"],
+                                  int(w["chunk"]), int(w["count"]))
     return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}

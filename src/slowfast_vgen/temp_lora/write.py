@@ -13,6 +13,7 @@ Both keep the episode they need in an :class:`Episode` (latents on the CPU; it g
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 
@@ -73,6 +74,18 @@ class Episode:
         self.null = tensors["null"].to(device)
         clip = tuple(int(v) for v in tensors["clip"])
         self.clip = clip if clip[0] else None
+
+
+class Waiting(NamedTuple):
+    """``write_every``: the last chunk of new ground not written yet (the arguments of its write) and how many wait."""
+
+    clip: torch.Tensor
+    n_input: int
+    text: torch.Tensor | None
+    cond: torch.Tensor
+    null: torch.Tensor
+    chunk: int
+    count: int
 
 
 class ChunkWrite:
