@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from slowfast_vgen.datamodules.shards.read import ShardEpisodeDataset, episode_chunks
 from slowfast_vgen.datamodules.shards.format import BadSample
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.poses import pose_distances, same_place, split_pose
 from slowfast_vgen.simulators.memory_maze import been_away
 
 
@@ -54,24 +55,9 @@ def chunk_starts(n_frames: int, chunks: list[tuple[int, int, str]]) -> np.ndarra
     return start
 
 
-POSITION_NAMES = ("x", "y", "z")
 # the benchmark's tolerances when the data declares none: ViZDoom's (map units; its returns warp back exactly)
 DEFAULT_TOLERANCE = {"position": 4.0, "angle": 1e-3, "away_distance": None, "away_angle": None}
 TOLERANCE_KEYS = tuple(DEFAULT_TOLERANCE)  # gt "tolerance": {"position", "angle", "away_distance", "away_angle"}
-ANGLE_NAMES = ("angle", "yaw")
-
-
-def split_pose(poses: np.ndarray, names: list[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(T, P) poses -> positions (T, k) from the fields named x, y, z and the angle (T,) in degrees from the field
-    named angle or yaw (None if there is none). Without names: the recorder's (x, y, z, angle)."""
-    names = list(names) if names else ["x", "y", "z", "angle"][: poses.shape[1]]
-    if len(names) != poses.shape[1]:
-        raise UserInputError(f"{poses.shape[1]} pose fields but {len(names)} pose_names {names}")
-    pos = [i for i, n in enumerate(names) if n.lower() in POSITION_NAMES]
-    ang = [i for i, n in enumerate(names) if n.lower() in ANGLE_NAMES]
-    if not pos:
-        raise UserInputError(f"pose_names {names}: the revisit benchmark needs position fields named x, y (and z)")
-    return poses[:, pos].astype(np.float64), (poses[:, ang[0]].astype(np.float64) if ang else None)
 
 
 def pose_revisits(
@@ -100,11 +86,8 @@ def pose_revisits(
     if min(pose_tolerance, angle_tolerance, *(t for t in (away_distance, away_angle) if t is not None)) < 0:
         raise UserInputError(f"pose_revisits: tolerances must be >= 0, got {pose_tolerance}, {angle_tolerance}, "
                              f"away {away_distance} and {away_angle}")
-    dist = np.sqrt(((positions[:, None, :] - positions[None, :, :]) ** 2).sum(-1))  # (T, T)
-    turn = None if angles is None else np.abs((angles[:, None] - angles[None, :] + 180.0) % 360.0 - 180.0)  # (T, T)
-    match = dist <= pose_tolerance  # (T, T), symmetric: the same place
-    if turn is not None:
-        match &= turn <= angle_tolerance
+    dist, turn = pose_distances(positions, angles)  # (T, T)
+    match = same_place(dist, turn, pose_tolerance, angle_tolerance)  # (T, T), symmetric: the same place
     revisit = match.copy()  # revisit[i, j]: j may revisit i
     if away_distance is not None or away_angle is not None:  # ... only after being away (the recorder's rule)
         revisit &= been_away(dist, turn, away_distance, away_angle)

@@ -53,6 +53,13 @@ def test_pool_refuses_shared_episodes_and_other_settings(tmp_path, capsys):
     with pytest.raises(UserInputError, match=r"temp_lora.lr: 0.001 vs 0.003"):
         pool_runs([a, b])
     assert pool_runs([a, b], ignore=["temp_lora.lr"])["ignored_settings"] == ["temp_lora.lr"]
+    # a frame bank run (no Temp-LoRA settings) is not pooled with a Temp-LoRA run written before `memory` existed
+    bank = json.loads(b.read_text())
+    del bank["settings"]["temp_lora"]
+    bank["settings"]["memory"] = "frame-bank"
+    (tmp_path / "bank.json").write_text(json.dumps(bank))
+    with pytest.raises(UserInputError, match="memory: 'temp-lora' vs 'frame-bank'"):
+        pool_runs([a, tmp_path / "bank.json"])
     out = tmp_path / "pooled.json"
     assert evaluate_main(["pool", str(a), str(b), "--ignore", "temp_lora.lr", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["n_episodes"] == 20 and "gap closed" in capsys.readouterr().out

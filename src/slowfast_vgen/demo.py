@@ -15,6 +15,10 @@ data record``; :mod:`slowfast_vgen.datamodules.recorded`), with ``--config``/``-
 data (``experiments/doom_from_world.yaml``, ``experiments/maze_from_world.yaml``). A revisit is then what the
 recording's own tolerances say (Memory Maze's), and the memory scores are also split by the episodes' revisit
 pattern where the recording has one (``memory_by_pattern``).
+
+``--memory frame-bank`` makes the arm with memory a frame bank instead of Temp-LoRA: where a chunk comes back to a
+place that has left its context, the frame generated there before is shown to the model again, looked up by the
+episode's poses (:mod:`slowfast_vgen.generation.frame_bank`; no training, no gradient step).
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="classifier-free guidance scales of the context and the action text (both arms; default: "
                              "the preset's: 1 1 (none) for the rehearsal presets, where their memory was measured; 2 5 "
                              "for paper, as the paper)")
+    parser.add_argument("--memory", choices=("temp-lora", "frame-bank"), default="temp-lora",
+                        help="the arm with memory: Temp-LoRA (the paper's; its options below), or frame-bank: the frame "
+                             "generated where a chunk comes back to shown again in its context, looked up by the "
+                             "episodes' poses (no training; the baseline on Memory Maze, docs/memory.md)")
     add_options(parser)
     parser.add_argument("--train-minutes", type=float, default=3.0, help="only used when no weights are found")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the first episode")
@@ -135,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     arm_start = time.perf_counter()
     plain = generate_episodes(system, episodes, None)
     seconds_without = time.perf_counter() - arm_start
-    print(f"generating {args.episodes} revisit episodes with Temp-LoRA ({args.temp_lora}: rank {lora.rank}, lr {lora.lr}, "
-          f"steps per chunk: {lora.steps_per_chunk}) ...")
+    bank = args.memory == "frame-bank"
+    print(f"generating {args.episodes} revisit episodes with " + (
+        "the frame bank (earlier frames shown again by pose) ..." if bank else
+        f"Temp-LoRA ({args.temp_lora}: rank {lora.rank}, lr {lora.lr}, steps per chunk: {lora.steps_per_chunk}) ..."))
     arm_start = time.perf_counter()
-    fast = generate_episodes(system, episodes, lora)
+    fast = generate_episodes(system, episodes, None if bank else lora, frame_bank=bank)
     seconds_with = time.perf_counter() - arm_start
     print("scoring ...")
     src = SceneRevisitConsistency(backbone="auto")
@@ -152,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
            if args.shards is not None else {}),
         "sampler": system.sampler.scheduler_name, "steps": args.steps,
         "guidance": {"image": system.sampler.guidance_image, "text": system.sampler.guidance_text},
-        "temp_lora": {"preset": args.temp_lora, **asdict(lora)}, "world": world,
+        "memory": args.memory, **({} if bank else {"temp_lora": {"preset": args.temp_lora, **asdict(lora)}}),
+        "world": world,
         "src_protocol": src.protocol(), "seconds": None,
         # the arms' generation time, same process and machine: what the memory costs (docs/benchmarks.md)
         "generation_seconds": {"without": round(seconds_without, 1), "with": round(seconds_with, 1),
@@ -174,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     passes = [r.clip_passes for r in with_lora if r.clip_passes is not None]
     print(f"generation: {seconds_without:.0f} s without memory, {seconds_with:.0f} s with "
-          f"({seconds_with / seconds_without:.1f}x); the memory's writes: "
-          f"{sum(passes) / max(1, len(passes)):.0f} clip-passes per episode")
+          f"({seconds_with / seconds_without:.1f}x); " + (
+              f"the frame bank read at {sum(len(r.recalled_chunks or ()) for r in with_lora) / len(with_lora):.1f} "
+              "chunks per episode" if bank else
+              f"the memory's writes: {sum(passes) / max(1, len(passes)):.0f} clip-passes per episode"))
     print(f"report: {page.resolve()}")
     print(f"videos: {(args.out / 'videos').resolve()} (mp4 + GIF)")
     print(f"done in {settings['seconds']} s")

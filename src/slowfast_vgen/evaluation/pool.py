@@ -79,9 +79,12 @@ def pool_runs(paths: list[str | Path], ignore: list[str] | tuple[str, ...] = ())
         raise UserInputError("pool: give at least one results.json")
     paths = [Path(p) for p in paths]
     runs = [_load(p) for p in paths]
-    common = {k: v for k, v in runs[0]["settings"].items() if k not in PER_RUN_SETTINGS}
+    def kept(settings: dict[str, Any]) -> dict[str, Any]:  # runs before the frame bank had Temp-LoRA as their memory
+        return {k: v for k, v in {"memory": "temp-lora", **settings}.items() if k not in PER_RUN_SETTINGS}
+
+    common = kept(runs[0]["settings"])
     for path, run in zip(paths[1:], runs[1:]):
-        other = {k: v for k, v in run["settings"].items() if k not in PER_RUN_SETTINGS}
+        other = kept(run["settings"])
         diff = [d for d in _differences(common, other) if not any(d.startswith(f"{key}.") or d.startswith(f"{key}:")
                                                                  for key in ignore)]
         if diff:

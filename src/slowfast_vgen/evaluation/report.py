@@ -128,8 +128,13 @@ def write_report(
     out: str | Path, without: list[EpisodeResult], with_lora: list[EpisodeResult], settings: dict[str, Any],
     upscale: int = 8, fps: int = 6,
 ) -> Path:
+    """The report folder of a revisit benchmark run. The arm with memory is named in the report's text after
+    ``settings["memory"]`` (``frame-bank``: "the frame bank"; otherwise Temp-LoRA); results.json keeps its keys for
+    every memory ("with Temp-LoRA" is the arm with memory) so that ``sfvgen evaluate pool`` and ``plot`` read every
+    run alike."""
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    arm = "the frame bank" if settings.get("memory") == "frame-bank" else "Temp-LoRA"  # the memory's name
     rows = []
     for a, b in zip(without, with_lora):
         side = torch.cat([a.real, a.video, b.video], dim=3)  # (T, C, H, 3W): real | without | with
@@ -140,14 +145,15 @@ def write_report(
     summary, diffs, verdicts, memory = (stats[k] for k in ("summary", "paired_difference_with_minus_without", "verdict",
                                                            "memory"))
     keys = list(diffs)
-    plot_similarity(out / "similarity.png", {"without Temp-LoRA": without, "with Temp-LoRA": with_lora})
+    plot_similarity(out / "similarity.png", {"without memory": without, f"with {arm}": with_lora})
     by_pattern = stats.get("memory_by_pattern")
     results = {
         "summary": summary, "paired_difference_with_minus_without": diffs, "verdict": verdicts,
         "memory": memory, **({"memory_by_pattern": by_pattern} if by_pattern else {}), "n_episodes": len(without),
         "episodes": [{"seed": a.seed, **({"pattern": a.pattern} if a.pattern else {}), "without": a.scores,
                       "with": b.scores, "rollbacks_with": b.rollbacks, "theta_read_chunks_with": b.read_chunks,
-                      "recognition_with": b.recognition, "clip_passes_with": b.clip_passes}
+                      "recognition_with": b.recognition, "clip_passes_with": b.clip_passes,
+                      **({"recalled_chunks_with": b.recalled_chunks} if b.recalled_chunks is not None else {})}
                      for a, b in zip(without, with_lora)],
         "settings": settings,
     }
@@ -181,9 +187,13 @@ def write_report(
         *[f"![episode {seed}: real / without / with Temp-LoRA](videos/episode_{seed}_frames.png)" for seed in rows], "",
         "## Settings", "", "```json", json.dumps(settings, indent=2), "```", "",
     ]
+    if arm != "Temp-LoRA":  # the text names the memory the run used
+        lines, table, memory_lines, pattern_lines = ([x.replace("Temp-LoRA", arm) for x in part]
+                                                     for part in (lines, table, memory_lines, pattern_lines))
+        verdicts = {k: v.replace("Temp-LoRA", arm) for k, v in verdicts.items()}
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
-    _write_html(out, lines, rows, table, motion, verdicts, memory_lines, pattern_lines)
+    _write_html(out, lines, rows, table, motion, verdicts, memory_lines, pattern_lines, arm)
     return out / "index.html"
 
 
@@ -302,20 +312,20 @@ def _html_table(table: list[str]) -> str:
 
 
 def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str], motion: list[str],
-                verdicts: dict[str, str], memory: list[str], patterns: list[str] = ()) -> None:
+                verdicts: dict[str, str], memory: list[str], patterns: list[str] = (), name: str = "Temp-LoRA") -> None:
     videos = "".join(
         f'<figure><img src="videos/episode_{s}.gif" alt="episode {s}"><figcaption>episode {s}: real | without | '
-        f'with Temp-LoRA (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
+        f'with {name} (<a href="videos/episode_{s}.mp4">mp4</a>)</figcaption></figure>' for s in seeds
     )
     strips = "".join(
         f'<figure><img class="strip" src="videos/episode_{s}_frames.png" alt="episode {s} frames"><figcaption>episode '
-        f'{s}, frame by frame: real / without / with Temp-LoRA</figcaption></figure>' for s in seeds
+        f'{s}, frame by frame: real / without / with {name}</figcaption></figure>' for s in seeds
     )
     verdict_items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in verdicts.items())
     memory_html = ""
     if memory:  # heading, text, table (5 lines), bullets
         bullets = "".join(f"<li>{html.escape(b[2:]).replace('**', '')}</li>" for b in memory if b.startswith("- "))
-        memory_html = (f"<h2>Does Temp-LoRA remember?</h2><p>{html.escape(memory[2])}</p>"
+        memory_html = (f"<h2>Does {name} remember?</h2><p>{html.escape(memory[2])}</p>"
                        f"{_html_table([r for r in memory if r.startswith('|')])}<ul>{bullets}</ul>")
     if patterns:  # heading, text, table
         memory_html += (f"<h3>By revisit pattern</h3><p>{html.escape(PATTERN_TEXT)}</p>"
@@ -327,8 +337,8 @@ def _write_html(out: Path, lines: list[str], seeds: list[int], table: list[str],
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:6px}}
 figure img{{image-rendering:pixelated;width:384px}}figure img.strip{{width:auto;max-width:1080px}}</style></head><body>
-<h1>Revisit benchmark: with and without Temp-LoRA</h1><p>{html.escape(lines[2])}</p>
-{_html_table(table)}<h2>Did Temp-LoRA help on this model?</h2><ul>{verdict_items}</ul>{memory_html}
+<h1>Revisit benchmark: with and without {name}</h1><p>{html.escape(lines[2])}</p>
+{_html_table(table)}<h2>Did {name} help on this model?</h2><ul>{verdict_items}</ul>{memory_html}
 {motion_html}
 <h2>Similarity to the first visit over time</h2><img style="display:block;width:640px" src="similarity.png">
 <h2>Videos</h2><div>{videos}</div><h2>Frame by frame</h2><div>{strips}</div><h2>Settings</h2><pre>{settings}</pre></body></html>"""

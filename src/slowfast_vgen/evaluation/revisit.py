@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from slowfast_vgen.callbacks import TempLoRA
+from slowfast_vgen.callbacks import FrameBank, TempLoRA
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.metrics import LPIPS, PSNR, SSIM, SceneCuts, SceneRevisitConsistency
 from slowfast_vgen.metrics.lpips import nearest_upsample
@@ -39,6 +39,7 @@ class EpisodeResult:
     recognition: list[float | None] | None = None  # ``read_gate``: each chunk's recognition ratio (None: inf / not gated)
     pattern: str | None = None  # the recorded episode's revisit pattern (Memory Maze: retrace, loop, ...), if any
     clip_passes: int | None = None  # the memory's writes: clips passed forward + backward (None: no memory)
+    recalled_chunks: list[int] | None = None  # chunks a frame bank showed an earlier frame (None: no frame bank)
 
 
 class EpisodeLines(L.Callback):
@@ -53,12 +54,16 @@ class EpisodeLines(L.Callback):
               flush=True)
 
 
-def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: Any, progress: bool = True) -> list[dict]:
+def generate_episodes(system: L.LightningModule, episodes: Any, temp_lora: Any, progress: bool = True,
+                      frame_bank: bool = False) -> list[dict]:
     """``trainer.predict`` over an episode dataset; ``temp_lora``: the TempLoRA callback's settings (a
-    :class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict), or None: without Temp-LoRA."""
+    :class:`slowfast_vgen.temp_lora.TempLoRASettings` or a dict), or None: without Temp-LoRA; ``frame_bank``: with
+    the :class:`slowfast_vgen.callbacks.FrameBank` callback (a memory of frames keyed by pose)."""
     from slowfast_vgen.datamodules.world import collate_episode
 
     callbacks: list[L.Callback] = [TempLoRA(temp_lora)] if temp_lora is not None else []
+    if frame_bank:
+        callbacks.append(FrameBank())
     if progress and not sys.stderr.isatty():  # a log file gets the bar only at the end: a line per episode instead
         callbacks.append(EpisodeLines(len(episodes)))
     trainer = L.Trainer(
@@ -143,6 +148,7 @@ def score_episodes(outputs: list[dict], episodes: Any, src: SceneRevisitConsiste
             read_chunks=[u.chunk for u in updates if u.read] if updates else None,
             recognition=[u.recognition if math.isfinite(u.recognition) else None for u in updates] if updates else None,
             pattern=ep.get("pattern"), clip_passes=sum(u.clip_passes for u in updates) if updates else None,
+            recalled_chunks=out.get("recalled_chunks"),
         ))
     return results
 

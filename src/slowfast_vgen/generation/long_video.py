@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from slowfast_vgen.diffusion.sampling import ChunkSampler
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.generation.frame_bank import PoseFrameBank
 from slowfast_vgen.temp_lora import TempLoRA, UpdateRecord
 from slowfast_vgen.models import FrameAutoencoder, TextEncoder, check_video, unet_output
 
@@ -38,6 +39,7 @@ class Chunk:
     video: torch.Tensor | None
     update: UpdateRecord | None
     sampler_state: torch.Tensor | None = None  # the sampling noise generator's state after this chunk
+    recalled: int | None = None  # the frame a frame bank showed the model for this chunk (None: none)
 
 
 def chunk_action(item: str | tuple[str, int] | list, chunk_frames: int) -> tuple[str, int]:
@@ -66,6 +68,9 @@ class LongVideoGenerator:
         single_frame_context: Table 4's "wo chunk input": condition on the last frame only.
         merge_for_sampling: sample with Theta merged into the weights (faster; extra memory for copies of
             the wrapped weights; outputs equal up to float rounding).
+
+    ``frame_bank`` (an attribute, None by default): one episode's memory of frames keyed by pose
+    (:class:`PoseFrameBank`), set per episode by the :class:`~slowfast_vgen.callbacks.FrameBank` callback.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class LongVideoGenerator:
         self.chunk_frames = chunk_frames
         self.context_frames = 1 if single_frame_context else (context_frames or chunk_frames)
         self.temp_lora = temp_lora
+        self.frame_bank: PoseFrameBank | None = None
         self.merge_for_sampling = merge_for_sampling
         self.on_chunk_end: list[Callable[[Chunk], None]] = []
         self.progress = False  # a bar per video (chunk i of n, seconds of sampling and of the update), for callers
@@ -113,9 +119,16 @@ class LongVideoGenerator:
         and ``sampler_state`` (a chunk's ``sampler_state``) continues its noise where it stopped. ``progress``: a bar
         per chunk (default: the generator's ``progress``).
         """
+        bank = self.frame_bank
+        if bank is not None and context_latents is not None:
+            raise UserInputError("a frame bank needs the episode from its first frames (their poses are its frames "
+                                 "0, 1, ...): continuing a stopped world with context_latents is not supported")
         if context_latents is None:
             check_video(first, "first frames")
             context_latents = self.autoencoder.encode(first)  # Alg. 1a l.1: X_0 = VAE_ENCODE(X_0)
+        if bank is not None:
+            bank.remember(0, context_latents)
+        frame = context_latents.shape[2]  # the index of the next frame to generate
         device = context_latents.device
         b = context_latents.shape[0]
         if self.temp_lora is not None and b != 1:
@@ -141,8 +154,13 @@ class LongVideoGenerator:
             start = time.perf_counter()  # the sampling's; the lookup (and a write before reading) counts as update
             merge = read and self.merge_for_sampling and not sharded
             with self.temp_lora.merged() if merge else contextlib.nullcontext():
-                z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
-            new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
+                if bank is None:
+                    z = self.sampler.sample(self.denoise, context, n_frames, text, null, generator)  # l.8
+                    new = z[:, :, context.shape[2] :]  # Y_i, (B, C, f_g, h, w)
+                    recalled = None
+                else:
+                    new, recalled = self.sample_with_bank(bank, frame, context, n_frames, text, null, generator)
+            frame += n_frames
             sampled = time.perf_counter()
             update = None
             if self.temp_lora is not None:  # Alg. 1a l.11-14
@@ -156,11 +174,33 @@ class LongVideoGenerator:
                                     + (", Theta read" if read else "") + ("" if update.written else ", not written"),
                                     refresh=False)
             chunk = Chunk(i, action, new, self.autoencoder.decode(new) if decode else None, update,
-                          generator.get_state())
+                          generator.get_state(), recalled)
             for hook in self.on_chunk_end:
                 hook(chunk)
             yield chunk
             context = torch.cat([context, new], dim=2)[:, :, -self.context_frames :]  # l.5: X_{i+1} <- Y_i
+
+    def sample_with_bank(self, bank: PoseFrameBank, frame: int, context: torch.Tensor, n_frames: int,
+                         text: torch.Tensor, null: torch.Tensor, generator: torch.Generator,
+                         ) -> tuple[torch.Tensor, int | None]:
+        """A chunk's new latents (frames ``frame`` ...) sampled in parts, split where a frame comes back to a place
+        that has left the window, which is sampled with the first visit as its newest context frame
+        (:mod:`slowfast_vgen.generation.frame_bank`); and the first frame shown (None: none)."""
+        parts, recalled, window, done = [], None, context, 0
+        while done < n_frames:
+            offset, k = bank.recall(frame + done, n_frames - done, window)
+            shown = window
+            if offset == 0:  # this frame is back at a place the window does not show
+                shown = bank.show(window, k, frame + done)
+                recalled = k if recalled is None else recalled
+                offset = n_frames - done
+            z = self.sampler.sample(self.denoise, shown, offset, text, null, generator)
+            part = z[:, :, window.shape[2] :]
+            bank.remember(frame + done, part)
+            parts.append(part)
+            window = torch.cat([window, part], dim=2)[:, :, -context.shape[2] :]
+            done += offset
+        return torch.cat(parts, dim=2), recalled
 
     def generate(self, first: torch.Tensor, actions: Iterable[str | tuple[str, int]], seed: int = 0, progress: bool = False) -> torch.Tensor:
         """The whole video (B, T0 + n * f_g, C, H, W) on the CPU: the first frames, then every chunk."""

@@ -156,7 +156,10 @@ class SlowLearningSystem(L.LightningModule):
                               self.generator.chunk_frames, where=f"episode {batch_idx}")
             chunks = list(self.generator.stream(batch["first"], batch["actions"], seed=seed))
             video = torch.cat([batch["first"], *[c.video for c in chunks]], dim=1)  # (1, T, C, H, W)
-            return {"video": video.cpu(), "updates": [c.update for c in chunks]}
+            out = {"video": video.cpu(), "updates": [c.update for c in chunks]}
+            if self.generator.frame_bank is not None:  # the chunks that a frame bank showed an earlier frame
+                out["recalled_chunks"] = [c.index for c in chunks if c.recalled is not None]
+            return out
         video = batch["video"]
         n_ctx = int(batch["n_context"].min())
         out = self.generate_chunk(video[:, :n_ctx], batch["action"], video.shape[1] - n_ctx, seed=seed)
