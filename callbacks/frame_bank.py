@@ -34,11 +34,13 @@ def episode_bank(batch: dict[str, Any]) -> PoseFrameBank:
 class FrameBank(L.Callback):
     """Pose-keyed frame memory during ``trainer.predict`` on episodes; no weights change."""
 
-    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                               batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "generator"):
             raise UserInputError(f"FrameBank callback: {type(pl_module).__name__} has no `generator`; expected a "
                                  "SlowLearningSystem-like module")
+
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                               batch_idx: int, dataloader_idx: int = 0) -> None:
         pl_module.generator.frame_bank = episode_bank(batch)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

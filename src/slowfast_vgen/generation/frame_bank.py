@@ -65,11 +65,11 @@ class PoseFrameBank:
         """Where the frames ``start`` ... ``start + n_frames - 1``, sampled after ``context`` (B, C, f, h, w), come
         back to a place that has left the window: ``(d, k)``, frame ``start + d`` is at the place of the earlier
         frame ``k`` (the first visit); ``(n_frames, None)`` when none does."""
-        before = start - context.shape[2]  # the first visit must have left the window
-        for j in range(start, min(start + n_frames, len(self))):
-            earlier = [k for k in sorted(self.frames) if k < before and self.match[j, k]]
-            if earlier:
-                return j - start, earlier[0]
+        before = max(0, start - context.shape[2])  # the first visit must have left the window (every earlier
+        for j in range(start, min(start + n_frames, len(self))):  # frame is in the bank: remembered as generated)
+            earlier = np.flatnonzero(self.match[j, :before])
+            if len(earlier):
+                return j - start, int(earlier[0])
         return n_frames, None
 
     def show(self, context: torch.Tensor, k: int, frame: int) -> torch.Tensor:
